@@ -1,0 +1,140 @@
+"""The object store: any S3 endpoint through the `minio` SDK. One bucket; each service owns a key prefix."""
+
+from __future__ import annotations
+
+import io
+from typing import Iterable, Iterator
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import CopySource
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+
+from tunery.services.kit.errors import NotFound, Unavailable
+from tunery.services.kit.settings import Settings
+
+PART_SIZE = 16 * 1024 * 1024  # multipart part size: bounds memory per streaming upload
+READ_SIZE = 1024 * 1024
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks, for minio's streaming put."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.s3_endpoint:
+            raise ValueError("TUNERY_S3_ENDPOINT is not set")
+        # Short connect timeouts and few retries: a dead store must show as UNAVAILABLE within seconds.
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=60), maxsize=16,
+                                   retries=urllib3.Retry(total=2, backoff_factor=0.2,
+                                                         status_forcelist=[500, 502, 503, 504]))
+        self.client = Minio(settings.s3_endpoint, access_key=settings.s3_access_key,
+                            secret_key=settings.s3_secret_key, secure=settings.s3_secure,
+                            region=settings.s3_region or None, http_client=http)
+        self.bucket = settings.s3_bucket
+
+    def ensure_bucket(self) -> None:
+        with _unavailable():
+            if not self.client.bucket_exists(self.bucket):
+                try:
+                    self.client.make_bucket(self.bucket)
+                except S3Error as e:  # another replica made it first
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    def ping(self) -> None:
+        with _unavailable():
+            self.client.bucket_exists(self.bucket)
+
+    def put(self, key: str, chunks: Iterable[bytes], content_type: str = "application/octet-stream") -> None:
+        """Stream chunks into one object; memory stays at one part whatever the size."""
+        with _unavailable():
+            self.client.put_object(self.bucket, key, _ChunkReader(chunks), length=-1, part_size=PART_SIZE,
+                                   content_type=content_type)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        with _unavailable():
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def get(self, key: str, offset: int = 0, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+        """The object's bytes in chunks (from `offset`)."""
+        with _unavailable():
+            response = self.client.get_object(self.bucket, key, offset=offset)
+        try:
+            with _unavailable():
+                yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def get_bytes(self, key: str) -> bytes:
+        return b"".join(self.get(key))
+
+    def size(self, key: str) -> int:
+        with _unavailable():
+            return self.client.stat_object(self.bucket, key).size
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+            return True
+        except NotFound:
+            return False
+
+    def copy(self, source: str, destination: str) -> None:
+        """Server-side copy: the bytes never pass through this process."""
+        with _unavailable():
+            self.client.copy_object(self.bucket, destination, CopySource(self.bucket, source))
+
+    def list(self, prefix: str) -> list[str]:
+        with _unavailable():
+            return [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+
+    def remove(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        with _unavailable():
+            errors = list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+        if errors:
+            raise Unavailable(f"could not delete {len(errors)} objects: {errors[0]}")
+
+    def remove_prefix(self, prefix: str) -> None:
+        self.remove(self.list(prefix))
+
+
+class _unavailable:
+    """Maps transport failures to UNAVAILABLE and a missing key to NOT_FOUND."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, _tb) -> bool:
+        if error is None:
+            return False
+        if isinstance(error, S3Error) and error.code in ("NoSuchKey", "NoSuchObject"):
+            raise NotFound(f"object {error.object_name or ''} does not exist", "OBJECT_NOT_FOUND") from error
+        if isinstance(error, (urllib3.exceptions.HTTPError, OSError)) or (
+                isinstance(error, S3Error) and error.code in ("ServiceUnavailable", "SlowDown", "InternalError")):
+            raise Unavailable("the object store cannot be reached; retry later", "OBJECT_STORE_UNAVAILABLE") from error
+        return False

@@ -1,0 +1,112 @@
+"""One settings object per process, read once from `TUNERY_*` environment variables and flags.
+
+Every field `foo_bar` is set by `TUNERY_FOO_BAR` or `--foo-bar`; a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+SERVICES = ("dataset", "trainer", "registry")
+DEFAULT_PORTS = {"dataset": 50051, "trainer": 50052, "registry": 50053}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where a local installation keeps its database, object data, logs and caches.
+    home: Path = Path.home() / ".tunery"
+    host: str = "127.0.0.1"
+    # The port of the service this process runs; 0 picks a free one (tests). Unset: DEFAULT_PORTS.
+    port: int | None = None
+    # SQLAlchemy URL. Unset: a SQLite file under `home`.
+    database_url: str = ""
+    # S3 endpoint host:port and credentials (SeaweedFS locally, MinIO in production).
+    s3_endpoint: str = ""
+    s3_access_key: str = "tunery"
+    s3_secret_key: str = "tunery-secret"
+    s3_secure: bool = False
+    s3_region: str = ""
+    s3_bucket: str = "tunery"
+    # Addresses other services use to reach each service (host:port).
+    dataset_target: str = f"127.0.0.1:{DEFAULT_PORTS['dataset']}"
+    trainer_target: str = f"127.0.0.1:{DEFAULT_PORTS['trainer']}"
+    registry_target: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
+    # The API key the trainer presents to the dataset service and the registry.
+    service_api_key: str = ""
+    # Key that signs page tokens; replicas of a service must share it. Unset: derived from database_url.
+    page_token_key: str = ""
+    log_format: str = "console"  # console | json
+    log_level: str = "info"
+    # Seconds in-flight calls get to finish after SIGTERM.
+    shutdown_grace_s: float = 10.0
+    # Seconds between health probes of the database and the object store.
+    health_interval_s: float = 2.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    # Dataset limits, enforced while streaming.
+    dataset_max_line_bytes: int = 1024 * 1024
+    dataset_max_file_bytes: int = 1024 ** 3
+    dataset_max_examples: int = 1_000_000
+    dataset_max_depth: int = 32
+    dataset_upload_ttl_s: float = 24 * 3600.0
+    # Trainer: concurrent jobs on this machine and where base models are cached.
+    trainer_max_concurrent_jobs: int = 1
+    trainer_model_cache: Path | None = None
+    # Per-project quotas (0 = unlimited).
+    quota_concurrent_jobs: int = 0
+    quota_stored_bytes: int = 0
+
+    def port_for(self, service: str) -> int:
+        return DEFAULT_PORTS[service] if self.port is None else self.port
+
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'tunery.db'}"
+
+    def model_cache(self) -> Path:
+        return self.trainer_model_cache or self.home / "models"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if "bool" in kind:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if "Path" in kind:
+            return Path(raw).expanduser() if raw else None
+        if "int" in kind:
+            return int(raw) if raw else None
+        if "float" in kind:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"setting {name}: cannot read {raw!r} as {kind}") from None
+    return raw
+
+
+def load(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None,
+         parser: argparse.ArgumentParser | None = None) -> tuple[Settings, argparse.Namespace]:
+    """Settings from the environment, overridden by flags; also returns the parsed flags."""
+    environ = os.environ if environ is None else environ
+    parser = parser or argparse.ArgumentParser()
+    for f in fields(Settings):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                            help=f"(env TUNERY_{f.name.upper()})")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name)
+        if raw is None:
+            raw = environ.get(f"TUNERY_{f.name.upper()}")
+        if raw is not None:
+            values[f.name] = _convert(f.name, f.type, raw)
+    return Settings(**values), args
