@@ -1,0 +1,77 @@
+"""Helpers every service test uses: start a real service on a real port, call it with a key, check errors."""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tunery.services.kit.server import Service
+from tunery.services.kit.settings import Settings
+
+SERVICER_MODULES = {"dataset": "tunery.services.dataset.servicer", "trainer": "tunery.services.trainer.servicer",
+                    "registry": "tunery.services.registry.servicer"}
+
+
+@dataclass
+class Running:
+    service: Service
+    channel: grpc.Channel
+    key: str  # an API key of project "alpha"
+
+    @property
+    def address(self) -> str:
+        return self.service.address
+
+    def metadata(self, key: str | None = None) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {key or self.key}")]
+
+
+@contextmanager
+def running(name: str, settings: Settings) -> Iterator[Running]:
+    """One Tunery service in this process, listening on a free port, stopped afterwards."""
+    module = importlib.import_module(SERVICER_MODULES[name])
+    service = Service(name, settings, module.MIGRATIONS, module.setup).start()
+    channel = grpc.insecure_channel(service.address)
+    try:
+        yield Running(service, channel, service.runtime.keys.create("alpha").key)
+    finally:
+        channel.close()
+        service.stop(0)
+
+
+@dataclass
+class Failure:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: dict
+    violations: list[tuple[str, str]]
+
+
+@contextmanager
+def fails(code: grpc.StatusCode, reason: str | None = None) -> Iterator[list[Failure]]:
+    """Asserts the block raises an RpcError with `code` (and ErrorInfo `reason`); yields the decoded failure."""
+    box: list[Failure] = []
+    with pytest.raises(grpc.RpcError) as caught:
+        yield box
+    error = caught.value
+    assert error.code() == code, f"expected {code.name}, got {error.code().name}: {error.details()}"
+    info, violations = error_details_pb2.ErrorInfo(), []
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    if reason is not None:
+        assert info.reason == reason, f"expected reason {reason}, got {info.reason}: {error.details()}"
+    box.append(Failure(error.code(), error.details(), info.reason, dict(info.metadata), violations))
