@@ -40,7 +40,7 @@ def running(name: str, settings: Settings) -> Iterator[Running]:
     service = Service(name, settings, module.MIGRATIONS, module.setup).start()
     channel = grpc.insecure_channel(service.address)
     try:
-        yield Running(service, channel, service.runtime.keys.create("alpha").key)
+        yield Running(service, channel, service.runtime.keys.create("alpha").secret)
     finally:
         channel.close()
         service.stop(0)

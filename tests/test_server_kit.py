@@ -68,7 +68,7 @@ def probe(settings, tmp_path):
     key = service.runtime.keys.create("alpha")
     channel = grpc.insecure_channel(service.address)
     call = channel.unary_unary(f"/{PROBE}/Call")
-    yield service, key.key, call, channel, (release, entered)
+    yield service, key.secret, call, channel, (release, entered)
     release.set()
     channel.close()
     service.stop(0)
@@ -131,7 +131,7 @@ def test_request_id_is_echoed_or_generated(probe):
 def test_auth_no_key_wrong_key_and_other_projects_key(probe):
     service, key, call, *_ = probe
     assert _call(call, "hello", key)[0] == b"ok:alpha"
-    for bad_key, reason in ((None, "API_KEY_MISSING"), ("tunery_abc_def", "API_KEY_INVALID"),
+    for bad_key, reason in ((None, "API_KEY_MISSING"), ("tk_abcdefabcdefabcdefabcdef", "API_KEY_INVALID"),
                             ("nonsense", "API_KEY_MALFORMED")):
         with pytest.raises(grpc.RpcError) as caught:
             _call(call, "hello", bad_key)
@@ -143,7 +143,7 @@ def test_auth_no_key_wrong_key_and_other_projects_key(probe):
     with pytest.raises(grpc.RpcError) as caught:
         _call(call, "project:beta", key)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    admin = service.runtime.keys.create("ops", admin=True).key
+    admin = service.runtime.keys.create("ops", admin=True).secret
     assert _call(call, "project:beta", admin)[0] == b"ok:ops"
 
 
@@ -205,14 +205,14 @@ def test_api_keys_on_sqlite_and_postgresql(database_url):
     db.migrate("auth", auth.MIGRATIONS)  # a second start migrates nothing
     keys = auth.ApiKeyStore(db, cache_ttl_s=0)
     created = keys.create("alpha", description="ci")
-    assert keys.authenticate(created.key) == auth.Principal(created.key_id, "alpha", False)
+    assert keys.authenticate(created.secret) == auth.Principal(created.key_id, "alpha", False)
     stored = keys.list("alpha")
-    assert [k["key_id"] for k in stored] == [created.key_id]
-    secret = created.key.rsplit("_", 1)[1]
-    assert secret not in json.dumps(stored, default=str)
-    assert keys.revoke(created.key_id)
+    assert [k.key_id for k in stored] == [created.key_id]
+    assert created.secret not in json.dumps([dict(k._mapping) for k in stored], default=str)
+    assert keys.create("alpha", request_id="r-1").secret and keys.create("alpha", request_id="r-1").secret == ""
+    assert keys.revoke(created.key_id).revoked_at is not None
     with pytest.raises(errors.Unauthenticated):
-        keys.authenticate(created.key)
+        keys.authenticate(created.secret)
     db.dispose()
 
 
@@ -222,11 +222,11 @@ def test_key_cache_is_bounded_and_revocation_clears_it(tmp_path):
     keys = auth.ApiKeyStore(db, cache_ttl_s=60, cache_size=2)
     created = [keys.create("alpha") for _ in range(3)]
     for c in created:
-        assert keys.authenticate(c.key).key_id == c.key_id
-    assert list(keys._cache) == [created[1].key, created[2].key]
+        assert keys.authenticate(c.secret).key_id == c.key_id
+    assert list(keys._cache) == [created[1].secret, created[2].secret]
     keys.revoke(created[2].key_id)
     with pytest.raises(errors.Unauthenticated):
-        keys.authenticate(created[2].key)
+        keys.authenticate(created[2].secret)
 
 
 def test_settings_from_environment_and_flags(tmp_path):
@@ -247,3 +247,31 @@ def test_page_tokens_reject_tampering_and_other_queries():
     with pytest.raises(errors.InvalidArgument, match="different query"):
         tokens.decode(token, {"parent": "projects/b"})
     assert page_size(0) == 50 and page_size(5000) == 1000
+
+
+def test_api_key_service_needs_an_admin_key_and_never_returns_secrets(probe):
+    from tunery.auth.v1 import auth_pb2, auth_pb2_grpc
+    from service_fixtures import fails
+    service, key, _, channel, _ = probe
+    stub = auth_pb2_grpc.ApiKeyServiceStub(channel)
+    admin = [("authorization", f"Bearer {service.runtime.keys.create('ops', admin=True).secret}")]
+    with fails(grpc.StatusCode.PERMISSION_DENIED, "ADMIN_KEY_REQUIRED"):
+        stub.ListApiKeys(auth_pb2.ListApiKeysRequest(parent="projects/alpha"),
+                         metadata=[("authorization", f"Bearer {key}")], timeout=5)
+    created = stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(parent="projects/beta", request_id="r1",
+                                                             api_key=auth_pb2.ApiKey(description="ci")),
+                                metadata=admin, timeout=5)
+    assert created.secret.startswith("tk_") and created.api_key.name.startswith("projects/beta/apiKeys/key-")
+    replay = stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(parent="projects/beta", request_id="r1"),
+                               metadata=admin, timeout=5)
+    assert replay.api_key.name == created.api_key.name and replay.secret == ""
+    listed = stub.ListApiKeys(auth_pb2.ListApiKeysRequest(parent="projects/-", page_size=1), metadata=admin, timeout=5)
+    assert len(listed.api_keys) == 1 and listed.next_page_token
+    assert created.secret not in str(listed)
+    stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(name=created.api_key.name), metadata=admin, timeout=5)
+    service.runtime.keys._cache.clear()
+    with fails(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID"):
+        stub.ListApiKeys(auth_pb2.ListApiKeysRequest(parent="projects/beta"),
+                         metadata=[("authorization", f"Bearer {created.secret}")], timeout=5)
+    with fails(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME"):
+        stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(name="projects/beta/apiKeys/../x"), metadata=admin, timeout=5)

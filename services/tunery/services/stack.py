@@ -74,7 +74,7 @@ def up(settings: Settings, progress=print) -> list[Component]:
         db = Database(settings.database())
         db.migrate("auth", auth.MIGRATIONS)
         keys = auth.ApiKeyStore(db)
-        service_key = keys.create("default", admin=True, description="local stack: trainer → peers").key
+        service_key = keys.create("default", admin=True, description="local stack: trainer → peers").secret
         user_key = _client_key(settings, keys)
         db.dispose()
         env = os.environ | _environment(settings) | {"TUNERY_SERVICE_API_KEY": service_key}
@@ -110,7 +110,7 @@ def _client_key(settings: Settings, keys: auth.ApiKeyStore) -> str:
             return key
         except Exception:  # noqa: BLE001 - unreadable, revoked or from another database: make a new one
             pass
-    return keys.create("default", description="local stack: client").key
+    return keys.create("default", admin=True, description="local stack: client").secret
 
 
 def _environment(settings: Settings) -> dict[str, str]:

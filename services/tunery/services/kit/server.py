@@ -16,7 +16,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tunery.services.kit import auth, logs
+from tunery.services.kit import auth, keys_service, logs
 from tunery.services.kit.db import Database
 from tunery.services.kit.objects import ObjectStore
 from tunery.services.kit.paging import PageTokens
@@ -67,12 +67,16 @@ class Service:
         db.migrate(name, migrations)
         objects = ObjectStore(settings)
         _retry_until(objects.ensure_bucket, 30.0)
-        self.runtime = Runtime(name, settings, db, objects, auth.ApiKeyStore(db),
+        keys = auth.ApiKeyStore(db)
+        if settings.bootstrap_admin_key:
+            keys.ensure(settings.bootstrap_admin_key, "admin", True, "bootstrap admin key (TUNERY_BOOTSTRAP_ADMIN_KEY)")
+        self.runtime = Runtime(name, settings, db, objects, keys,
                                PageTokens(settings.page_token_key or settings.database()))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
                                   interceptors=[_interceptor(self.runtime.keys)],
                                   options=channel_options(settings))
-        names = setup(self.runtime, self.server)
+        names = [*setup(self.runtime, self.server),
+                 keys_service.add_to_server(self.server, self.runtime.keys, self.runtime.page_tokens)]
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = ["", *names]

@@ -38,6 +38,8 @@ class Settings:
     registry_target: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
     # The API key the trainer presents to the dataset service and the registry.
     service_api_key: str = ""
+    # An admin key (tk_…) installed at start, so a fresh deployment can create its first keys.
+    bootstrap_admin_key: str = ""
     # Key that signs page tokens; replicas of a service must share it. Unset: derived from database_url.
     page_token_key: str = ""
     log_format: str = "console"  # console | json

@@ -18,6 +18,7 @@ SERVICES = {
     "dataset": ("tunery.dataset.v1", "DatasetService"),
     "trainer": ("tunery.trainer.v1", "TrainerService"),
     "registry": ("tunery.registry.v1", "ModelRegistryService"),
+    "auth": ("tunery.auth.v1", "ApiKeyService"),  # served by every endpoint; reached through the dataset one
 }
 DEFAULT_TARGETS = {"dataset": "127.0.0.1:50051", "trainer": "127.0.0.1:50052", "registry": "127.0.0.1:50053"}
 # Calls that are safe to repeat: reads, and creates/cancels made idempotent by request_id or state.
@@ -87,7 +88,7 @@ class Transport:
                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                        ("grpc.enable_retries", 1), ("grpc.service_config", _service_config(service)),
                        ("grpc.keepalive_time_ms", 30_000)]
-            target = self.config.targets[service]
+            target = self.config.targets.get(service) or self.config.targets["dataset"]
             if self.config.tls_ca_file or self.config.tls_cert_file:
                 read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
                 credentials = grpc.ssl_channel_credentials(read(self.config.tls_ca_file),

@@ -13,8 +13,10 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(32), primary_key=True),
         sa.Column("project", sa.String(63), nullable=False),
         sa.Column("admin", sa.Boolean, nullable=False),
-        sa.Column("secret_sha256", sa.String(64), nullable=False),
-        sa.Column("description", sa.String(256), nullable=False),
+        sa.Column("secret_sha256", sa.String(64), nullable=False, unique=True),
+        sa.Column("secret_prefix", sa.String(8), nullable=False),
+        sa.Column("description", sa.String(200), nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=True, unique=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     )
