@@ -275,3 +275,27 @@ def test_api_key_service_needs_an_admin_key_and_never_returns_secrets(probe):
                          metadata=[("authorization", f"Bearer {created.secret}")], timeout=5)
     with fails(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME"):
         stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(name="projects/beta/apiKeys/../x"), metadata=admin, timeout=5)
+
+
+def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(settings, tmp_path):
+    from tls_certs import make_certs
+    certs = make_certs(tmp_path / "certs")
+    settings = settings.replace(tls_cert_file=certs.server_cert, tls_key_file=certs.server_key,
+                                tls_ca_file=certs.ca, tls_client_auth=True)
+    (tmp_path / "m").mkdir()
+    service = Service("probe", settings, tmp_path / "m", _probe_setup(threading.Event(), threading.Event())).start()
+    key = service.runtime.keys.create("alpha").secret
+    ca = certs.ca.read_bytes()
+    try:
+        with_cert = grpc.ssl_channel_credentials(ca, certs.client_key.read_bytes(), certs.client_cert.read_bytes())
+        with grpc.secure_channel(service.address, with_cert) as channel:
+            assert _call(channel.unary_unary(f"/{PROBE}/Call"), "hi", key)[0] == b"ok:alpha"
+        with grpc.secure_channel(service.address, grpc.ssl_channel_credentials(ca)) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                _call(channel.unary_unary(f"/{PROBE}/Call"), "hi", key)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.insecure_channel(service.address) as channel:
+            with pytest.raises(grpc.RpcError):
+                _call(channel.unary_unary(f"/{PROBE}/Call"), "hi", key)
+    finally:
+        service.stop(0)

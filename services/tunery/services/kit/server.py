@@ -38,6 +38,30 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and with tls_client_auth, mutual TLS) from certificate files; None means plaintext."""
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ValueError("TUNERY_TLS_CERT_FILE and TUNERY_TLS_KEY_FILE must be set together")
+    if settings.tls_client_auth and not (settings.tls_ca_file and settings.tls_cert_file):
+        raise ValueError("TUNERY_TLS_CLIENT_AUTH needs TUNERY_TLS_CA_FILE and a server certificate")
+    if not settings.tls_cert_file:
+        return None
+    identity = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_ca_file.read_bytes() if settings.tls_client_auth else None
+    return grpc.ssl_server_credentials([identity], root_certificates=client_ca,
+                                       require_client_auth=settings.tls_client_auth)
+
+
+def peer_channel(settings: Settings, target: str) -> grpc.Channel:
+    """A channel from one Tunery service to another, with TLS when a CA is configured."""
+    if not settings.tls_ca_file:
+        return grpc.insecure_channel(target, channel_options(settings))
+    key = settings.tls_key_file.read_bytes() if settings.tls_client_auth else None
+    cert = settings.tls_cert_file.read_bytes() if settings.tls_client_auth else None
+    credentials = grpc.ssl_channel_credentials(settings.tls_ca_file.read_bytes(), key, cert)
+    return grpc.secure_channel(target, credentials, channel_options(settings))
+
+
 @dataclass
 class Runtime:
     """What a service's code is given: one of each, shared by its handlers."""
@@ -81,7 +105,10 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = ["", *names]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port_for(name)}")
+        address = f"{settings.host}:{settings.port_for(name)}"
+        credentials = server_credentials(settings)
+        self.port = (self.server.add_secure_port(address, credentials) if credentials
+                     else self.server.add_insecure_port(address))
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch_dependencies, name="health-monitor", daemon=True)
 

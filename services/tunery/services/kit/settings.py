@@ -42,6 +42,12 @@ class Settings:
     bootstrap_admin_key: str = ""
     # Key that signs page tokens; replicas of a service must share it. Unset: derived from database_url.
     page_token_key: str = ""
+    # TLS: this service's certificate and key (also presented to peers when they require client certs),
+    # the CA that signed the services' certificates, and whether clients must present one (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_client_auth: bool = False
     log_format: str = "console"  # console | json
     log_level: str = "info"
     # Seconds in-flight calls get to finish after SIGTERM.
