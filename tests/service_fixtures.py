@@ -75,3 +75,30 @@ def fails(code: grpc.StatusCode, reason: str | None = None) -> Iterator[list[Fai
     if reason is not None:
         assert info.reason == reason, f"expected reason {reason}, got {info.reason}: {error.details()}"
     box.append(Failure(error.code(), error.details(), info.reason, dict(info.metadata), violations))
+
+
+@dataclass
+class Stack:
+    dataset: Running
+    registry: Running
+    trainer: Running
+    settings: Settings  # as the trainer sees them (targets and service key filled in)
+
+    @property
+    def key(self) -> str:
+        return self.dataset.key
+
+
+@contextmanager
+def running_stack(settings: Settings) -> Iterator[Stack]:
+    """All three services in this process on free ports, sharing one database and bucket; the trainer
+    reaches the other two with an admin service key, as in the real stack."""
+    with running("dataset", settings) as dataset, running("registry", settings) as registry:
+        service_key = dataset.service.runtime.keys.create("default", admin=True, description="service").secret
+        trainer_settings = settings.replace(dataset_target=dataset.address, registry_target=registry.address,
+                                            service_api_key=service_key)
+        with running("trainer", trainer_settings) as trainer:
+            # One key of project alpha for all three (they share the keys table).
+            trainer.key = dataset.key
+            registry.key = dataset.key
+            yield Stack(dataset, registry, trainer, trainer_settings)
