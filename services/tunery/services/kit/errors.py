@@ -92,3 +92,10 @@ class PermissionDenied(TuneryError):
 class Cancelled(TuneryError):
     code = grpc.StatusCode.CANCELLED
     default_reason = "CANCELLED"
+
+
+class DataLoss(TuneryError):
+    """Stored bytes no longer match their recorded digest: nothing a retry can fix."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    default_reason = "DIGEST_MISMATCH"

@@ -61,9 +61,29 @@ class Settings:
     dataset_max_examples: int = 1_000_000
     dataset_max_depth: int = 32
     dataset_upload_ttl_s: float = 24 * 3600.0
+    # Upload bytes are staged in segments of this size (at least 5 MiB, the S3 compose minimum); a broken
+    # stream resumes from the last whole segment.
+    dataset_upload_segment_bytes: int = 16 * 1024 ** 2
+    # Seconds between sweeps that discard expired upload sessions and their staged bytes.
+    dataset_upload_sweep_interval_s: float = 300.0
     # Trainer: concurrent jobs on this machine and where base models are cached.
     trainer_max_concurrent_jobs: int = 1
     trainer_model_cache: Path | None = None
+    # Worker attempts that may fail (crash, kill) before a job ends FAILED.
+    trainer_max_attempts: int = 3
+    # OMP/torch threads per worker process; 0 leaves torch's default.
+    trainer_worker_threads: int = 0
+    # Seconds workers get to checkpoint and exit after SIGTERM when the service stops.
+    trainer_stop_timeout_s: float = 60.0
+    # Seconds between database polls of the scheduler and of WatchTrainingJob streams.
+    trainer_poll_interval_s: float = 0.25
+    # Registry limits per model version: files, total bytes, safetensors header, any JSON file.
+    registry_max_files: int = 64
+    registry_max_version_bytes: int = 4 * 1024 ** 3
+    registry_max_header_bytes: int = 16 * 1024 ** 2
+    registry_max_json_bytes: int = 64 * 1024 ** 2
+    # Seconds after which the objects of an upload that never finished (crash, store down) are swept.
+    registry_upload_ttl_s: float = 3600.0
     # Per-project quotas (0 = unlimited).
     quota_concurrent_jobs: int = 0
     quota_stored_bytes: int = 0

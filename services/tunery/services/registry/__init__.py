@@ -1,0 +1,1 @@
+"""The model registry: adapter versions with aliases, verified files and full lineage."""
