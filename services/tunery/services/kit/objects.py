@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import CopySource
+from minio.commonconfig import ComposeSource, CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -105,6 +105,11 @@ class ObjectStore:
         """Server-side copy: the bytes never pass through this process."""
         with _unavailable():
             self.client.copy_object(self.bucket, destination, CopySource(self.bucket, source))
+
+    def compose(self, sources: list[str], destination: str) -> None:
+        """Server-side concatenation of objects (each but the last at least 5 MiB, as S3 requires)."""
+        with _unavailable():
+            self.client.compose_object(self.bucket, destination, [ComposeSource(self.bucket, s) for s in sources])
 
     def list(self, prefix: str) -> list[str]:
         with _unavailable():
