@@ -17,6 +17,7 @@ from tunery.trainer.v1 import trainer_pb2
 
 P = "projects/beta"
 DATASET, VERSION = f"{P}/datasets/d", f"{P}/datasets/d/versions/0123456789abcdef"
+UPLOAD_ID = "0b7e4c9a-8f3d-4e21-9c55-2a1d6f0e7b13"
 JOB, MODEL, MODEL_VERSION = f"{P}/trainingJobs/job-0123456789ab", f"{P}/models/m", f"{P}/models/m/versions/1"
 
 # A request aimed at project beta for each RPC (streams: the list of messages the client sends).
@@ -27,9 +28,9 @@ REQUESTS = {
         "ListDatasets": dataset_pb2.ListDatasetsRequest(parent=P),
         "DeleteDataset": dataset_pb2.DeleteDatasetRequest(name=DATASET),
         "UploadDatasetVersion": [dataset_pb2.UploadDatasetVersionRequest(
-            header=dataset_pb2.UploadDatasetVersionHeader(dataset=DATASET, request_id="r-1")),
+            header=dataset_pb2.UploadDatasetVersionHeader(dataset=DATASET, request_id=UPLOAD_ID)),
             dataset_pb2.UploadDatasetVersionRequest(chunk=b'{"text": "x"}\n')],
-        "GetDatasetUpload": dataset_pb2.GetDatasetUploadRequest(name=f"{DATASET}/uploads/r-1"),
+        "GetDatasetUpload": dataset_pb2.GetDatasetUploadRequest(name=f"{DATASET}/uploads/{UPLOAD_ID}"),
         "ValidateDataset": [dataset_pb2.ValidateDatasetRequest(header=dataset_pb2.ValidateDatasetHeader(parent=P)),
                             dataset_pb2.ValidateDatasetRequest(chunk=b'{"text": "x"}\n')],
         "GetDatasetVersion": dataset_pb2.GetDatasetVersionRequest(name=VERSION),
