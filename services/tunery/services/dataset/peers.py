@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from tunery.services.kit.errors import Unavailable
-from tunery.services.kit.server import channel_options
+from tunery.services.kit.server import peer_channel
 from tunery.services.kit.settings import Settings
 from tunery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -25,7 +25,7 @@ class TrainerPeer:
 
         The service key is used when configured; otherwise the caller's own key (it may act on `project`)."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.settings.trainer_target, options=channel_options(self.settings))
+            self._channel = peer_channel(self.settings, self.settings.trainer_target)
         stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
         authorization = (f"Bearer {self.settings.service_api_key}" if self.settings.service_api_key
                          else caller_authorization)

@@ -52,14 +52,15 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
                                        require_client_auth=settings.tls_client_auth)
 
 
-def peer_channel(settings: Settings, target: str) -> grpc.Channel:
+def peer_channel(settings: Settings, target: str, extra_options: list[tuple[str, object]] = ()) -> grpc.Channel:
     """A channel from one Tunery service to another, with TLS when a CA is configured."""
+    options = [*channel_options(settings), *extra_options]
     if not settings.tls_ca_file:
-        return grpc.insecure_channel(target, channel_options(settings))
+        return grpc.insecure_channel(target, options)
     key = settings.tls_key_file.read_bytes() if settings.tls_client_auth else None
     cert = settings.tls_cert_file.read_bytes() if settings.tls_client_auth else None
     credentials = grpc.ssl_channel_credentials(settings.tls_ca_file.read_bytes(), key, cert)
-    return grpc.secure_channel(target, credentials, channel_options(settings))
+    return grpc.secure_channel(target, credentials, options)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import grpc
 
 from tunery.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from tunery.registry.v1 import registry_pb2, registry_pb2_grpc
-from tunery.services.kit.server import channel_options
+from tunery.services.kit.server import peer_channel
 from tunery.services.kit.settings import Settings
 
 METADATA_DEADLINE_S = 15.0
@@ -43,9 +43,8 @@ class Peers:
     def _channel(self, target: str) -> grpc.Channel:
         with self._lock:
             if target not in self._channels:
-                options = [*channel_options(self.settings), ("grpc.service_config", _RETRY),
-                           ("grpc.enable_retries", 1)]
-                self._channels[target] = grpc.insecure_channel(target, options=options)
+                self._channels[target] = peer_channel(self.settings, target, [("grpc.service_config", _RETRY),
+                                                                              ("grpc.enable_retries", 1)])
             return self._channels[target]
 
     @property
