@@ -12,6 +12,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tunery.services.kit.seaweed import free_port
 from tunery.services.kit.server import Service
 from tunery.services.kit.settings import Settings
 
@@ -93,10 +94,12 @@ class Stack:
 def running_stack(settings: Settings) -> Iterator[Stack]:
     """All three services in this process on free ports, sharing one database and bucket; the trainer
     reaches the other two with an admin service key, as in the real stack."""
+    trainer_port = free_port()  # known up front: the dataset service asks the trainer before deletes
+    settings = settings.replace(trainer_target=f"127.0.0.1:{trainer_port}")
     with running("dataset", settings) as dataset, running("registry", settings) as registry:
         service_key = dataset.service.runtime.keys.create("default", admin=True, description="service").secret
         trainer_settings = settings.replace(dataset_target=dataset.address, registry_target=registry.address,
-                                            service_api_key=service_key)
+                                            service_api_key=service_key, port=trainer_port)
         with running("trainer", trainer_settings) as trainer:
             # One key of project alpha for all three (they share the keys table).
             trainer.key = dataset.key
