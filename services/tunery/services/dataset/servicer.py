@@ -122,8 +122,9 @@ def example_proto(line: int, data: dict, format: str) -> pb.Example:
     return pb.Example(line=line, text=pb.TextExample(text=data["text"]))
 
 
-def _chunks(requests: Iterator) -> Iterator[bytes]:
+def _chunks(requests: Iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
     """The bytes of the chunk messages after the header; a broken client stream becomes CANCELLED."""
+    broken = Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN")
     try:
         for request in requests:
             if request.WhichOneof("payload") != "chunk":
@@ -131,7 +132,10 @@ def _chunks(requests: Iterator) -> Iterator[bytes]:
                                             "UNEXPECTED_HEADER")
             yield request.chunk
     except grpc.RpcError:
-        raise Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN") from None
+        raise broken from None
+    # A cancelled call (client gone, server stopping) can look like a stream that simply ended.
+    if not context.is_active():
+        raise broken
 
 
 def _header(requests: Iterator, field: str):
@@ -168,7 +172,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         version, created = self.service.upload(UploadHeader(
             dataset=header.dataset, request_id=header.request_id, offset=header.offset,
             format=_format(header.format, "header.format"), expected_sha256=header.expected_sha256,
-            description=header.description, labels=dict(header.labels)), _chunks(request_iterator))
+            description=header.description, labels=dict(header.labels)), _chunks(request_iterator, context))
         return pb.UploadDatasetVersionResponse(dataset_version=version_proto(version, self.bucket), created=created)
 
     def GetDatasetUpload(self, request: pb.GetDatasetUploadRequest, context) -> pb.GetDatasetUploadResponse:
@@ -179,7 +183,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         validator = self.service.validator(header.parent, _format(header.format, "header.format"))
         streamed = 0
         try:
-            for chunk in _chunks(request_iterator):
+            for chunk in _chunks(request_iterator, context):
                 for issue in validator.feed(chunk):
                     streamed += 1
                     yield pb.ValidateDatasetResponse(issue=issue_proto(issue.to_dict()))

@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.handler(args)
     except TuneryError as error:
-        print(f"error: {error}", file=sys.stderr)
+        hint = " (is the stack running? `tunery up --detach`)" if error.code.name == "UNAVAILABLE" else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         raise SystemExit(EXIT_FAILURE) from None
-    except (CommandError, FileNotFoundError, RuntimeError) as error:
+    except (CommandError, FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_FAILURE) from None
     except KeyboardInterrupt:

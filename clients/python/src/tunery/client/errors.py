@@ -56,13 +56,22 @@ class Cancelled(TuneryError): ...
 class Internal(TuneryError): ...
 
 
+class DataLoss(TuneryError):
+    """Bytes do not match their recorded sha256 or size (sent by the server, or found by the SDK while
+    downloading, in which case nothing was written)."""
+
+    @classmethod
+    def digest_mismatch(cls, message: str) -> "DataLoss":
+        return cls(grpc.StatusCode.DATA_LOSS, message, "DIGEST_MISMATCH")
+
+
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument, grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists, grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.ABORTED: Aborted, grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated, grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable, grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.CANCELLED: Cancelled, grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 
