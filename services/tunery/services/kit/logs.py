@@ -8,9 +8,19 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time (test runners swap it and close the old one)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(log_format: str = "console", level: str = "info", stream=None) -> None:
     """Route structlog and the standard library's logging to one stream in one format."""
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()
     renderer = (structlog.processors.JSONRenderer() if log_format == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
     shared = [
