@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import urllib3
 from minio import Minio
 
 # Every port weed mini opens; each is set explicitly so two instances never collide.
@@ -27,6 +28,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct ports that are free now (held open together, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class _Exited(RuntimeError):
+    """weed ended before it was ready."""
+
+
+_START_ATTEMPTS = 3
 
 
 def weed_binary() -> str:
@@ -63,16 +83,26 @@ class SeaweedS3:
         identities.write_text(json.dumps({"identities": [{
             "name": "tunery", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = [f"-{flag}={free_port(self.host)}" for flag in _PORT_FLAGS]
-        command = [weed_binary(), "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.host}",
-                   f"-ip.bind={self.host}", f"-s3.port={self.port}", f"-s3.config={identities}",
-                   "-webdav=false", "-admin.ui=false", *ports]
-        log = open(self.data_dir / "weed.log", "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=os.environ | {"GOMEMLIMIT": self.memory_limit}, start_new_session=True)
-        log.close()
-        self._wait_ready(timeout_s)
-        return self
+        attempt = 0
+        while True:
+            attempt += 1
+            # Fresh internal ports each attempt: a port that was free when picked can be taken (e.g. as the
+            # local end of an outgoing connection) before weed binds it, and weed then exits at once.
+            ports = [f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, _free_ports(self.host, len(_PORT_FLAGS)))]
+            command = [weed_binary(), "mini", f"-dir={self.data_dir / 'data'}", f"-ip={self.host}",
+                       f"-ip.bind={self.host}", f"-s3.port={self.port}", f"-s3.config={identities}",
+                       "-webdav=false", "-admin.ui=false", *ports]
+            log = open(self.data_dir / "weed.log", "ab")
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=os.environ | {"GOMEMLIMIT": self.memory_limit},
+                                            start_new_session=True)
+            log.close()
+            try:
+                self._wait_ready(timeout_s)
+                return self
+            except _Exited:
+                if attempt == _START_ATTEMPTS:
+                    raise
 
     def client(self) -> Minio:
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
@@ -80,10 +110,14 @@ class SeaweedS3:
     def _wait_ready(self, timeout_s: float) -> None:
         """Ready means a real S3 call answers (the port opens before the filer can serve)."""
         deadline = time.monotonic() + timeout_s
-        client = self.client()
+        # Short timeouts and no retries: a half-started weed can accept a connection and not answer, and
+        # minio's defaults (5 minutes, 5 retries) would then overrun the deadline many times over.
+        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False,
+                       http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5),
+                                                       retries=urllib3.Retry(total=0)))
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}")
+                raise _Exited(f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}")
             try:
                 client.list_buckets()
                 return
