@@ -39,9 +39,6 @@ K8S_VERSION = "1.33.0"
 OVERLAYS = ["dev", "prod"]
 HEALTH_NAMES = {"dataset": "tunery.dataset.v1.DatasetService", "trainer": "tunery.trainer.v1.TrainerService",
                 "registry": "tunery.registry.v1.ModelRegistryService"}
-# Set by components/kubernetes-executor for the executor that issue 8 adds next. When Settings gains the
-# field, the env-name test fails until the name is removed from here.
-NOT_YET_SETTINGS = {"TUNERY_TRAINER_EXECUTOR"}
 
 # --- a minimal kustomize --------------------------------------------------------------------------------
 
@@ -72,14 +69,12 @@ def strategic_merge(base, patch, field: str | None = None):
         assert field not in UNSUPPORTED_MERGE_LISTS, f"renderer cannot strategic-merge `{field}` lists"
         if field in MERGE_KEYS and isinstance(base, list):
             key = MERGE_KEYS[field]
-            merged, added = list(base), []
+            merged = []
             for item in patch:
-                index = next((i for i, old in enumerate(merged) if old[key] == item[key]), None)
-                if index is None:
-                    added.append(item)
-                else:
-                    merged[index] = strategic_merge(merged[index], item)
-            return added + merged  # kustomize puts new items first
+                old = next((old for old in base if old[key] == item[key]), None)
+                merged.append(item if old is None else strategic_merge(old, item))
+            # kustomize puts the patch's items first, in its order (merged or new), then the others
+            return merged + [old for old in base if old[key] not in {item[key] for item in patch}]
     return patch
 
 
@@ -137,13 +132,17 @@ def kustomize(directory: Path, inherited: list[dict] | None = None) -> list[dict
 
 
 def test_renderer_merges_by_key_and_replaces_plain_lists():
-    base = {"spec": {"containers": [{"name": "a", "args": ["x"], "env": [{"name": "K", "value": "1"}]}],
+    base = {"spec": {"containers": [{"name": "a", "args": ["x"], "env": [{"name": "K", "value": "1"},
+                                                                          {"name": "M", "value": "3"}]}],
                      "drop": 1}}
-    patch = {"spec": {"containers": [{"name": "a", "args": ["y"], "env": [{"name": "L", "value": "2"}]},
+    patch = {"spec": {"containers": [{"name": "a", "args": ["y"], "env": [{"name": "M", "value": "4"},
+                                                                          {"name": "L", "value": "2"}]},
                                      {"name": "b"}], "drop": None}}
+    # What `kubectl kustomize` (v5) gives for the same patch.
     assert strategic_merge(base, patch) == {"spec": {"containers": [
-        {"name": "b"},
-        {"name": "a", "args": ["y"], "env": [{"name": "L", "value": "2"}, {"name": "K", "value": "1"}]}]}}
+        {"name": "a", "args": ["y"], "env": [{"name": "M", "value": "4"}, {"name": "L", "value": "2"},
+                                             {"name": "K", "value": "1"}]},
+        {"name": "b"}]}}
     assert _set_image("tunery-trainer:0.1.0", {"name": "tunery-trainer", "newName": "r.io/t"}) == "r.io/t:0.1.0"
     assert _set_image("r:5000/x:1", {"name": "r:5000/x", "newTag": "2"}) == "r:5000/x:2"
     assert _set_image("other:1", {"name": "tunery-trainer", "newTag": "2"}) == "other:1"
@@ -272,6 +271,12 @@ def test_trainer_gets_exactly_the_job_and_pod_verbs_only_with_the_kubernetes_exe
         return
     assert env["TUNERY_TRAINER_EXECUTOR"] == "kubernetes"
     assert trainer["automountServiceAccountToken"] is True
+    # Workers run the trainer's own image, as a ServiceAccount without API access.
+    assert env["TUNERY_TRAINER_KUBERNETES_IMAGE"] == trainer["containers"][0]["image"]
+    workers = by_kind(docs, "ServiceAccount")[env["TUNERY_TRAINER_KUBERNETES_SERVICE_ACCOUNT"]]
+    assert workers["automountServiceAccountToken"] is False
+    assert not [b for b in bindings.values() if {"kind": "ServiceAccount", "name": workers["metadata"]["name"],
+                                                 "namespace": workers["metadata"]["namespace"]} in b["subjects"]]
     (role,) = roles.values()
     grants = {(group, resource): sorted(rule["verbs"])
               for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
@@ -377,8 +382,7 @@ def test_every_tunery_variable_in_deploy_is_a_settings_field():
     for dockerfile in (DEPLOY / "images").glob("*.Dockerfile"):
         used |= set(re.findall(r"\b(TUNERY_[A-Z0-9_]+)=", dockerfile.read_text()))
     used = {name for name in used if name.startswith("TUNERY_")}
-    assert used - known <= NOT_YET_SETTINGS, f"not Settings fields: {sorted(used - known - NOT_YET_SETTINGS)}"
-    assert not NOT_YET_SETTINGS & known, "Settings has it now: remove it from NOT_YET_SETTINGS"
+    assert used <= known, f"not Settings fields: {sorted(used - known)}"
 
 
 # --- images ---------------------------------------------------------------------------------------------

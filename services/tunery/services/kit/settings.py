@@ -77,6 +77,22 @@ class Settings:
     trainer_stop_timeout_s: float = 60.0
     # Seconds between database polls of the scheduler and of WatchTrainingJob streams.
     trainer_poll_interval_s: float = 0.25
+    # Where workers run: "local" (processes of this machine) or "kubernetes" (one batch/v1 Job per attempt).
+    trainer_executor: str = "local"
+    # Kubernetes executor: the Jobs' namespace (unset: the trainer pod's own), the worker image (required),
+    # the workers' ServiceAccount (unset: the namespace's default one).
+    trainer_kubernetes_namespace: str = ""
+    trainer_kubernetes_image: str = ""
+    trainer_kubernetes_service_account: str = ""
+    # The Secret whose TUNERY_* keys hold the secret settings; workers get them by secretKeyRef, never as values.
+    trainer_kubernetes_secret: str = "tunery-secrets"
+    # Per worker pod: CPU request, memory request and limit, and the device resource requested once per
+    # process (unset: train on CPU).
+    trainer_kubernetes_cpu: str = "4"
+    trainer_kubernetes_memory: str = "32Gi"
+    trainer_kubernetes_gpu_resource: str = "nvidia.com/gpu"
+    # A PersistentVolumeClaim mounted at the model cache, so workers share base models (unset: an emptyDir).
+    trainer_kubernetes_model_cache_claim: str = ""
     # Registry limits per model version: files, total bytes, safetensors header, any JSON file.
     registry_max_files: int = 64
     registry_max_version_bytes: int = 4 * 1024 ** 3

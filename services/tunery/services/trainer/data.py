@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -170,6 +170,9 @@ class Batch:
     attention_mask: torch.Tensor | None  # [rows, 1, seq, seq] float (packed), [rows, seq] (padded) or None
     num_tokens: int  # real (non-padding) tokens
     num_supervised: int
+    # Per row, the lengths of its examples in order (padding, if any, follows them): what per-example
+    # attention needs instead of a dense mask.
+    segments: list[list[int]] = field(default_factory=list)
 
 
 def pack_rows(lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
@@ -189,12 +192,17 @@ def pack_rows(lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
 
 
 def collate(examples: Sequence[TokenizedExample], pad_id: int, packing: bool, max_seq_len: int,
-            mask_dtype: torch.dtype = torch.float32) -> Batch:
+            mask_dtype: torch.dtype = torch.float32, dense_mask: bool = True, pad_to_multiple_of: int = 1) -> Batch:
     """Tensors for one micro-batch. Packed: examples share rows, with a block-diagonal causal float mask
     (0 allowed, dtype-min elsewhere) and restarting position ids, so no token attends across examples.
-    Padded: one example per row, right padding and a 2D mask (None when nothing is padded)."""
+    Padded: one example per row, right padding and a 2D mask (None when nothing is padded).
+    ``dense_mask=False`` leaves the packed mask out (None) for callers that attend per segment: the
+    [rows, 1, seq, seq] square costs time and memory quadratic in the row width. ``pad_to_multiple_of``
+    rounds the row width up, so that shapes repeat across batches (kernels that are compiled per shape,
+    like oneDNN's bf16 matmuls, are then reused)."""
     groups = pack_rows([len(e.input_ids) for e in examples], max_seq_len) if packing else [[i] for i in range(len(examples))]
     width = max(sum(len(examples[i].input_ids) for i in g) for g in groups)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     labels = torch.full((len(groups), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(groups), width), dtype=torch.long)
@@ -209,7 +217,9 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int, packing: bool, ma
             segments[r, at : at + n] = s
             at += n
     real = segments >= 0
-    if packing:
+    if packing and not dense_mask:
+        attention_mask = None
+    elif packing:
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         # Padding forms its own segment, so padded query rows still see themselves (no all-masked row).
         allowed = (segments[:, :, None] == segments[:, None, :]) & causal
@@ -217,4 +227,5 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int, packing: bool, ma
         attention_mask = mask[:, None]
     else:
         attention_mask = None if bool(real.all()) else real.long()
-    return Batch(ids, labels, positions, attention_mask, int(real.sum()), int((labels != IGNORE).sum()))
+    segments = [[len(examples[i].input_ids) for i in group] for group in groups]
+    return Batch(ids, labels, positions, attention_mask, int(real.sum()), int((labels != IGNORE).sum()), segments)

@@ -3,31 +3,28 @@
 - VALIDATING jobs are planned (data downloaded and tokenized, base model resolved) on a helper thread and
   become QUEUED with their plan, or FAILED with a structured error.
 - QUEUED jobs start, oldest first, while fewer than settings.trainer_max_concurrent_jobs workers run: the
-  job becomes RUNNING with a new attempt and a worker process is spawned (torchrun for num_processes > 1).
-- A worker that exits while its attempt still owns the RUNNING job died: the job is re-queued (it resumes
-  from its latest checkpoint) or, after settings.trainer_max_attempts failures, FAILED.
+  job becomes RUNNING with a new attempt and its executor (executors.py: local processes or Kubernetes Jobs,
+  settings.trainer_executor) starts a worker.
+- A worker that ends while its attempt still owns the RUNNING job died: the job is re-queued (it resumes
+  from its latest checkpoint) or, after settings.trainer_max_attempts failures, FAILED. A preempted worker
+  is re-queued without counting a failure.
 - At start, RUNNING jobs are recovered: a worker left over from a previous service process (still alive)
   is adopted and watched; a job whose worker is gone is re-queued.
-- On stop, workers get SIGTERM: they checkpoint and put their job back to QUEUED.
+- On stop, the executor stops its workers (local ones checkpoint on SIGTERM and put their job back to
+  QUEUED); Kubernetes Jobs keep running and the next service process adopts them.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
-from pathlib import Path
 
 import structlog
 
 from tunery.services.kit.errors import Unavailable
 from tunery.services.kit.settings import Settings
-from tunery.services.trainer import worker as worker_module
+from tunery.services.trainer.executors import Executor, ExecutorError, make_executor
 from tunery.services.trainer.peers import Peers
 from tunery.services.trainer.repository import Job, Repository, now_us
 from tunery.services.trainer.service import JobError, build_plan
@@ -37,27 +34,12 @@ log = structlog.get_logger("tunery.trainer.scheduler")
 VALIDATION_RETRY_S = 5.0  # wait before validating again when a peer service could not be reached
 
 
-@dataclass
-class RunningWorker:
-    job_id: str
-    attempt: int
-    pid: int
-    process: subprocess.Popen | None  # None for a worker adopted from a previous service process
-    log_path: Path | None = None
-
-    def exit_code(self) -> int | None:
-        """The exit code once the worker has ended (-1 when unknown: an adopted process), else None."""
-        if self.process is not None:
-            return self.process.poll()
-        return None if _alive(self.pid) else -1
-
-
 class Scheduler:
-    def __init__(self, settings: Settings, repo: Repository, peers: Peers) -> None:
+    def __init__(self, settings: Settings, repo: Repository, peers: Peers, executor: Executor | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.peers = peers
-        self.workers: dict[str, RunningWorker] = {}
+        self.executor = executor or make_executor(settings)
         self._validating: set[str] = set()
         self._deferred: dict[str, float] = {}  # job id → monotonic time before which validation waits
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-validate")
@@ -76,45 +58,23 @@ class Scheduler:
         self._wake.set()
 
     def stop(self) -> None:
-        """SIGTERM every worker, wait for them to checkpoint and exit, re-queue what they left RUNNING."""
+        """Stop the workers (local ones checkpoint and exit) and re-queue what they left RUNNING."""
         self._stopping.set()
         self._wake.set()
         self._thread.join()
         self._validator.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            workers = list(self.workers.values())
-        for w in workers:
-            _signal(w.pid, signal.SIGTERM)
-        for w in workers:
-            if not self._wait(w, self.settings.trainer_stop_timeout_s):
-                log.warning("worker.kill", job=w.job_id, pid=w.pid)
-                _signal(w.pid, signal.SIGKILL)
-                self._wait(w, 10)
-            self.repo.transition(w.job_id, ("RUNNING",), "QUEUED", "the trainer service stopped; the job resumes "
-                                 "from its latest checkpoint when it starts again", attempt=w.attempt, worker_pid=None)
-        log.info("scheduler.stopped", signalled_workers=len(workers))
-
-    def _wait(self, w: RunningWorker, timeout_s: float) -> bool:
-        if w.process is not None:
-            try:
-                w.process.wait(timeout_s)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        stopped = threading.Event()
-        for _ in range(int(timeout_s / 0.1) + 1):
-            if not _alive(w.pid):
-                return True
-            stopped.wait(0.1)
-        return False
+        stopped = self.executor.stop(self.settings.trainer_stop_timeout_s)
+        for job_id, attempt in stopped:
+            self.repo.transition(job_id, ("RUNNING",), "QUEUED", "the trainer service stopped; the job resumes "
+                                 "from its latest checkpoint when it starts again", attempt=attempt, worker_pid=None)
+        log.info("scheduler.stopped", signalled_workers=len(stopped))
 
     def _recover(self) -> None:
         """Adopt workers of a previous service process that still run; re-queue jobs whose worker is gone."""
-        for job in self.repo.jobs_in_state("RUNNING"):
-            if job.worker_pid and _is_worker_of(job.worker_pid, job.job_id):
-                log.info("worker.adopted", job=job.name, pid=job.worker_pid)
-                self.workers[job.job_id] = RunningWorker(job.job_id, job.attempt_count, job.worker_pid, None)
-            else:
+        running = self.repo.jobs_in_state("RUNNING")
+        adopted = self.executor.recover(running)
+        for job in running:
+            if job.job_id not in adopted:
                 self._worker_died(job, "its worker is gone after a restart of the trainer service", job.attempt_count)
 
     # ------------------------------------------------------------------ loop
@@ -122,6 +82,7 @@ class Scheduler:
         while not self._stopping.is_set():
             try:
                 self._reap()
+                self._cancel()
                 self._validate()
                 self._dispatch()
             except Exception:  # noqa: BLE001 - a database hiccup must not end scheduling
@@ -130,30 +91,36 @@ class Scheduler:
             self._wake.clear()
 
     def _reap(self) -> None:
-        with self._lock:
-            ended = [(w, code) for w in self.workers.values() if (code := w.exit_code()) is not None]
-            for w, _ in ended:
-                del self.workers[w.job_id]
-        for w, code in ended:
-            job = self.repo.get_job(w.job_id)
-            if job is not None and job.state == "RUNNING" and job.attempt_count == w.attempt:
-                where = f"; its log is {w.log_path}" if w.log_path else ""
-                self._worker_died(job, f"its worker exited with code {code}{where}", w.attempt)
+        for ended in self.executor.ended():
+            job = self.repo.get_job(ended.job_id)
+            if job is not None and job.state == "RUNNING" and job.attempt_count == ended.attempt:
+                self._worker_died(job, ended.why, ended.attempt, counts=ended.counts)
             else:
-                log.info("worker.exited", job=w.job_id, code=code)
+                log.info("worker.exited", job=ended.job_id, attempt=ended.attempt, why=ended.why)
 
-    def _worker_died(self, job: Job, why: str, attempt: int) -> None:
-        failures = job.failure_count + 1
+    def _cancel(self) -> None:
+        """Tell the executor about running jobs whose cancellation was requested."""
+        if self.executor.active():
+            for job in self.repo.jobs_in_state("RUNNING"):
+                if job.cancel_requested:
+                    self.executor.cancel(job.job_id, job.attempt_count)
+
+    def _worker_died(self, job: Job, why: str, attempt: int, counts: bool = True) -> None:
+        failures = job.failure_count + (1 if counts else 0)
+        step = job.progress.step if job.progress else 0
         if job.cancel_requested:
             self.repo.transition(job.job_id, ("RUNNING",), "CANCELLED", f"cancelled: {why}", attempt=attempt,
                                  worker_pid=None, failure_count=failures)
+        elif not counts:
+            self.repo.transition(job.job_id, ("RUNNING",), "QUEUED", f"{why}; re-queued after step {step} (not "
+                                 "counted as a failure), resuming from the latest checkpoint", attempt=attempt,
+                                 worker_pid=None)
         elif failures >= self.settings.trainer_max_attempts:
             error = pb.TrainingError(code="worker_failed", message=f"the job failed {failures} times; last time "
                                      f"{why}. Check the trainer logs, then create the job again")
             self.repo.transition(job.job_id, ("RUNNING",), "FAILED", error.message, error=error, attempt=attempt,
                                  worker_pid=None, failure_count=failures)
         else:
-            step = job.progress.step if job.progress else 0
             self.repo.transition(job.job_id, ("RUNNING",), "QUEUED", f"{why}; re-queued (failure {failures} of "
                                  f"{self.settings.trainer_max_attempts}) after step {step}, resuming from the latest "
                                  "checkpoint", attempt=attempt, worker_pid=None, failure_count=failures)
@@ -195,8 +162,7 @@ class Scheduler:
             self._wake.set()
 
     def _dispatch(self) -> None:
-        with self._lock:
-            free = self.settings.trainer_max_concurrent_jobs - len(self.workers)
+        free = self.settings.trainer_max_concurrent_jobs - self.executor.active()
         if free <= 0 or self._stopping.is_set():
             return
         for job in self.repo.jobs_in_state("QUEUED")[:free]:
@@ -207,62 +173,11 @@ class Scheduler:
             if started is None:
                 continue  # cancelled meanwhile
             try:
-                process, log_path = self._spawn(started)
-            except OSError as e:
-                error = pb.TrainingError(code="internal", message=f"could not start a worker process: {e}")
+                pid = self.executor.start(started)
+            except ExecutorError as e:
+                error = pb.TrainingError(code="internal", message=str(e))
                 self.repo.transition(job.job_id, ("RUNNING",), "FAILED", error.message, error=error)
                 continue
-            self.repo.update_job(job.job_id, attempt=attempt, worker_pid=process.pid)
-            with self._lock:
-                self.workers[job.job_id] = RunningWorker(job.job_id, attempt, process.pid, process, log_path)
-            log.info("worker.started", job=started.name, attempt=attempt, pid=process.pid)
-
-    def _spawn(self, job: Job) -> tuple[subprocess.Popen, Path]:
-        args = ["-m", worker_module.__name__, "--job", job.job_id, "--attempt", str(job.attempt_count)]
-        processes = max(1, job.spec.num_processes)
-        if processes > 1:
-            args = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *args]
-        log_dir = self.settings.home / "trainer" / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{job.job_id}-attempt-{job.attempt_count}.log"
-        with open(log_path, "ab") as out:
-            return subprocess.Popen([sys.executable, *args], env=worker_environment(self.settings), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), log_path
-
-
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """This process's environment plus every setting as TUNERY_* (so the worker reads the same settings)."""
-    env = dict(os.environ)
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        if value is not None:
-            env[f"TUNERY_{f.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    env["TUNERY_DATABASE_URL"] = settings.database()
-    if settings.trainer_worker_threads:
-        env["OMP_NUM_THREADS"] = str(settings.trainer_worker_threads)
-    return env
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _is_worker_of(pid: int, job_id: str) -> bool:
-    """Whether `pid` is a live trainer worker (or torchrun) for this job, not a reused pid."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return _alive(pid) and worker_module.__name__.encode() in cmdline and job_id.encode() in cmdline
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+            if pid is not None:
+                self.repo.update_job(job.job_id, attempt=attempt, worker_pid=pid)
+            log.info("worker.started", job=started.name, attempt=attempt, pid=pid)

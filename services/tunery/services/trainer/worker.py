@@ -86,11 +86,10 @@ class JobCallbacks(recipe.TrainingCallbacks):
             self.fenced = True
 
     def should_stop(self) -> str | None:
-        if self.fenced:
+        # A requested cancel wins over SIGTERM: the Kubernetes executor cancels by deleting the Job.
+        if self.fenced or self.repo.cancel_requested(self.job.job_id):
             return recipe.STOP_CANCEL
-        if self.worker.stop.is_set():
-            return recipe.STOP_SUSPEND
-        return recipe.STOP_CANCEL if self.repo.cancel_requested(self.job.job_id) else None
+        return recipe.STOP_SUSPEND if self.worker.stop.is_set() else None
 
     def on_step(self, step: int, total_steps: int, epoch: float, loss: float, lr: float, grad_norm: float,
                 tokens_per_s: float, eta_s: float) -> None:
