@@ -75,6 +75,8 @@ class Runtime:
     page_tokens: PageTokens
     # Called (in order) after the server stopped taking calls, e.g. to stop background threads.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Set when the service starts stopping: long-lived streams end (clients reconnect elsewhere).
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 # A service's setup: adds its servicers to the server and returns their full names (for health).
@@ -129,6 +131,7 @@ class Service:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self.runtime.stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s).wait()
         for callback in self.runtime.on_stop:
@@ -143,12 +146,13 @@ class Service:
                 probe()
             except Exception as error:  # noqa: BLE001 - any failure means not serving
                 problems.append(f"{part}: {type(error).__name__}")
+        if problems == getattr(self, "_last_problems", None):
+            return  # health Watch streams hear only changes
         status = health_pb2.HealthCheckResponse.NOT_SERVING if problems else health_pb2.HealthCheckResponse.SERVING
         for name in self.service_names:
             self.health.set(name, status)
-        if problems != getattr(self, "_last_problems", None):
-            (log.warning if problems else log.info)("service.health", serving=not problems, problems=problems)
-            self._last_problems = problems
+        (log.warning if problems else log.info)("service.health", serving=not problems, problems=problems)
+        self._last_problems = problems
 
     def _watch_dependencies(self) -> None:
         while not self._stopping.wait(self.settings.health_interval_s):

@@ -584,6 +584,9 @@ class TrainerService:
             raise InvalidArgument.field("after_seq", "must not be negative")
         seq = after_seq
         while active():
+            if self.runtime.stopping.is_set():
+                raise Unavailable(f"the trainer service is stopping; reconnect with after_seq={seq}",
+                                  "SERVICE_STOPPING", after_seq=seq)
             batch = self.repo.list_events(job.job_id, seq, 500)
             for event in batch:
                 yield event
