@@ -187,8 +187,10 @@ def test_health_follows_the_object_store(settings, tmp_path):
         own.start()  # same port, same data
         _eventually(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
     finally:
-        service.stop(0)
-        own.stop()
+        try:
+            service.stop(0)
+        finally:
+            own.stop()
 
 
 def _eventually(condition, timeout_s: float = 30.0) -> None:
