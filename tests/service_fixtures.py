@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import grpc
 import pytest
@@ -105,3 +106,17 @@ def running_stack(settings: Settings) -> Iterator[Stack]:
             trainer.key = dataset.key
             registry.key = dataset.key
             yield Stack(dataset, registry, trainer, trainer_settings)
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout_s: float = 180.0, every_s: float = 0.2) -> T:
+    """Poll `condition` until it returns something truthy (returned); fail naming `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+        time.sleep(every_s)

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import re
-import time
 import uuid
 
 import grpc
@@ -16,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
 
 from conftest import fresh_postgres_schema
-from service_fixtures import fails, running_stack
+from service_fixtures import fails, running_stack, wait_until
 from tls_certs import make_certs
 from tunery.client import Client, FailedPrecondition, Unavailable
 from tunery.dataset.v1 import dataset_pb2 as dpb
@@ -207,15 +206,6 @@ def upload_requests(dataset: str, data: bytes, chunk: int = 64 * 1024):
         yield dpb.UploadDatasetVersionRequest(chunk=data[start:start + chunk])
 
 
-def wait_until(condition, what: str, timeout_s: float = 240.0, every_s: float = 0.25):
-    """Poll `condition` until it returns something truthy (and return it); fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
-        time.sleep(every_s)
 
 
 def test_secrets_keys_and_example_text_never_reach_the_logs(settings, postgres_url, tmp_path, capfd):

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.numpy import save as save_safetensors
 
-from service_fixtures import fails, running, running_stack
+from service_fixtures import fails, running, running_stack, wait_until
 from tunery.dataset.v1 import dataset_pb2 as dpb
 from tunery.dataset.v1 import dataset_pb2_grpc
 from tunery.registry.v1 import registry_pb2 as rpb
@@ -48,15 +47,6 @@ TERMINAL = {tpb.TRAINING_JOB_STATE_SUCCEEDED, tpb.TRAINING_JOB_STATE_FAILED, tpb
 
 
 # ---------------------------------------------------------------------- helpers
-def wait_until(condition: Callable[[], T], what: str, timeout_s: float = 180.0, every_s: float = 0.2) -> T:
-    """Poll `condition` until it returns something truthy (returned); fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
-        time.sleep(every_s)
 
 
 def chat_lines(count: int, tag: str = "") -> bytes:

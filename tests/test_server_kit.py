@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from service_fixtures import wait_until
 from tunery.services.kit import auth, errors, logs
 from tunery.services.kit.db import Database
 from tunery.services.kit.paging import PageTokens, page_size
@@ -183,9 +183,9 @@ def test_health_follows_the_object_store(settings, tmp_path):
     try:
         assert status() == health_pb2.HealthCheckResponse.SERVING
         own.stop()
-        _eventually(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, "NOT_SERVING", 30)
         own.start()  # same port, same data
-        _eventually(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+        wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "SERVING", 30)
     finally:
         try:
             service.stop(0)
@@ -193,12 +193,6 @@ def test_health_follows_the_object_store(settings, tmp_path):
             own.stop()
 
 
-def _eventually(condition, timeout_s: float = 30.0) -> None:
-    import time
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_api_keys_on_sqlite_and_postgresql(database_url):

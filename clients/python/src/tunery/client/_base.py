@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterator, TypeVar
 
-from tunery.client.errors import TuneryError, Unavailable
+from tunery.client.errors import Unavailable
 from tunery.client.transport import Transport
 
 T = TypeVar("T")

@@ -52,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     if args.detach:
         components = stack.up(settings, progress)
         emit(args, [c.__dict__ for c in components],
-             lambda cs: table(cs, ["name", "address", "pid"]) + f"\nstop with: tunery down")
+             lambda cs: table(cs, ["name", "address", "pid"]) + "\nstop with: tunery down")
     else:
         stack.run_foreground(settings, progress)
 
