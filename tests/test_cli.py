@@ -124,3 +124,24 @@ def test_jobs_and_models_commands(settings, cli, tmp_path):
         assert "succeeded" in tunery.run("jobs", "show", job_id).stdout
         tunery.run("models", "alias", "bot", "production", ok=False)  # no version named
         tunery.run("models", "show", "bot@7", ok=False)
+
+
+def test_keys_commands_need_an_admin_key_and_show_the_secret_once(settings, tmp_path):
+    with stack(settings, "dataset") as (client, services):
+        dataset = services["dataset"]
+        admin = dataset.service.runtime.keys.create("ops", admin=True).secret
+        home = tmp_path / "admin-home"
+        home.mkdir()
+        (home / "client.json").write_text(json.dumps({"targets": {"dataset": dataset.address}, "api_key": admin}))
+        tunery = Cli(home)
+        created = tunery.json("keys", "create", "--project", "beta", "--description", "ci")
+        assert created["secret"].startswith("tk_") and created["name"].startswith("projects/beta/apiKeys/key-")
+        listed = tunery.json("keys", "list", "--project", "beta")
+        assert [k["name"] for k in listed] == [created["name"]] and "secret" not in listed[0]
+        assert created["secret"] not in tunery.run("keys", "list").stdout
+        assert tunery.json("keys", "revoke", created["name"])["state"] == "REVOKED"
+        # A non-admin key is refused, with the reason on stderr and a non-zero exit.
+        (home / "client.json").write_text(json.dumps({"targets": {"dataset": dataset.address},
+                                                      "api_key": dataset.key}))
+        refused = tunery.run("keys", "list", ok=False)
+        assert "PERMISSION_DENIED" in refused.stderr

@@ -21,6 +21,7 @@ from tunery.client.errors import (Aborted, AlreadyExists, Cancelled, DataLoss, D
                                   FieldViolation, Internal, InvalidArgument, NotFound, PermissionDenied,
                                   ResourceExhausted, TuneryError, Unauthenticated, Unavailable)
 from tunery.client.jobs import Jobs
+from tunery.client.keys import Keys
 from tunery.client.models import Models
 from tunery.client.transport import ClientConfig, Transport
 
@@ -55,6 +56,7 @@ class Client:
         self.datasets = Datasets(self._transport)
         self.jobs = Jobs(self._transport, self.datasets)
         self.models = Models(self._transport)
+        self.keys = Keys(self._transport)
 
     @property
     def project(self) -> str:

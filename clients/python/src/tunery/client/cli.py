@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from typing import Any, Callable
 
 from tunery.auth.v1 import auth_pb2
@@ -80,32 +79,20 @@ def _key_row(key) -> dict:
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
     from tunery.client import Client
-    client = Client()
-    reply = client.transport.call("auth", "CreateApiKey", auth_pb2.CreateApiKeyRequest(
-        parent=f"projects/{args.project}", request_id=uuid.uuid4().hex,
-        api_key=auth_pb2.ApiKey(admin=args.admin, description=args.description)))
+    reply = Client().keys.create(args.project, args.admin, args.description)
     emit(args, {**_key_row(reply.api_key), "secret": reply.secret},
          lambda k: f"{k['secret']}\n({k['name']}; shown once — store it now)")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
     from tunery.client import Client
-    client = Client()
-    rows, token = [], ""
-    while True:
-        reply = client.transport.call("auth", "ListApiKeys", auth_pb2.ListApiKeysRequest(
-            parent=f"projects/{args.project or '-'}", page_token=token))
-        rows += [_key_row(k) for k in reply.api_keys]
-        token = reply.next_page_token
-        if not token:
-            break
+    rows = [_key_row(k) for k in Client().keys.list(args.project)]
     emit(args, rows, lambda r: table(r, ["name", "admin", "state", "description", "create_time"]))
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
     from tunery.client import Client
-    reply = Client().transport.call("auth", "RevokeApiKey", auth_pb2.RevokeApiKeyRequest(name=args.name))
-    emit(args, _key_row(reply.api_key), lambda k: f"revoked {k['name']}")
+    emit(args, _key_row(Client().keys.revoke(args.name)), lambda k: f"revoked {k['name']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
