@@ -523,7 +523,7 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     width, gqa = query.shape[2], query.shape[1] != key.shape[1]
     rows = []
     for r, lengths in enumerate(segments):
-        sizes = [n for n in lengths] + ([width - sum(lengths)] if sum(lengths) < width else [])
+        sizes = list(lengths) + ([width - sum(lengths)] if sum(lengths) < width else [])
         parts = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
                  for q, k, v in zip(*(t[r : r + 1].split(sizes, dim=2) for t in (query, key, value)))]
         rows.append(torch.cat(parts, dim=2))
