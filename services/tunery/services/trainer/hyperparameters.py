@@ -150,7 +150,7 @@ def resolve_hyperparameters(requested: Hyperparameters, *, example_lengths: Sequ
          f"keep each micro-batch ({per_process} examples per process × up to {max_len} tokens) "
          f"under {MICRO_BATCH_TOKEN_BUDGET} tokens")
     pick("seed", 42, "fixed seed so that reruns are reproducible")
-    pick("packing", True, "packing removes padding; the block-diagonal mask keeps the loss identical")
+    pick("packing", True, "packing removes padding; each example attends only to itself, so the loss is unchanged")
     rank = pick("lora_rank", 16, "rank 16 is ample for tens to thousands of examples")
     pick("lora_alpha", float(2 * rank), "alpha = 2 × rank")
     pick("lora_dropout", 0.05, "light dropout against over-fitting small datasets")

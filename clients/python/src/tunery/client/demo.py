@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -63,9 +65,15 @@ def _messages(path: Path) -> list[list[dict[str, str]]]:
 def _compare(base_model: str, adapter_dir: Path, heldout: list[list[dict[str, str]]], samples: int,
              max_new_tokens: int) -> dict[str, Any]:
     """Held-out loss of the base model and of base + adapter, and greedy answers of both."""
+    import warnings
+
     import torch
+    import transformers
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()  # the demo prints its own progress
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     from tunery.services.kit.settings import load
     from tunery.services.trainer.base_models import resolve_base_model
@@ -162,15 +170,26 @@ def run(args: argparse.Namespace) -> None:
         show(f"\n=== {sample['question']}\n--- base model:\n{sample['base']}\n--- tuned ({version_ref}):\n"
              f"{sample['tuned']}")
     job_id = job.name.rsplit("/", 1)[1]
+    tunery = _command_name()
     show("\nnext, try:\n"
-         f"  tunery jobs show {job_id}\n"
-         f"  tunery models show {args.model}:production\n"
-         f"  tunery models list\n"
-         f"  tunery datasets show {args.dataset}\n"
-         f"  tunery datasets upload my-replies.jsonl --dataset my-replies\n"
-         f"  tunery jobs create --base-model {args.base_model} --dataset my-replies --model my-bot --wait\n"
-         "  tunery down   # stop the local stack")
+         f"  {tunery} jobs show {job_id}\n"
+         f"  {tunery} models show {args.model}:production\n"
+         f"  {tunery} models list\n"
+         f"  {tunery} datasets show {args.dataset}\n"
+         f"  {tunery} datasets upload my-replies.jsonl --dataset my-replies\n"
+         f"  {tunery} jobs create --base-model {args.base_model} --dataset my-replies --model my-bot --wait\n"
+         f"  {tunery} down   # stop the local stack")
     if args.json:
         print(json.dumps({"training_job": job.name, "model_version": job.model_version, "alias": "production",
                           "adapter_dir": str(adapter_dir), "training_data": train.name,
                           "validation_data": held.name, **comparison}, indent=2))
+
+
+def _command_name() -> str:
+    """`tunery` when that name on PATH is this program, else the path that ran it (e.g. .venv/bin/tunery)."""
+    ran = Path(sys.argv[0])
+    on_path = shutil.which("tunery")
+    if ran.name != "tunery" or (on_path and Path(on_path).resolve() == ran.resolve()):
+        return "tunery"
+    relative = os.path.relpath(ran)
+    return str(ran) if relative.startswith("..") else relative
