@@ -442,3 +442,16 @@ print("ok", report.stats.examples)
     done = subprocess.run([sys.executable, "-c", script, str(HELDOUT)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok", "20"]
+
+
+def test_a_clean_install_of_the_sdk_pulls_no_torch_or_server_code(tmp_path):
+    """pip resolves the SDK's distribution alone, as on a machine with nothing installed."""
+    import subprocess
+    import sys
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                    "--report", str(report), str(Path(__file__).parents[1] / "clients" / "python")],
+                   check=True, timeout=600, capture_output=True)
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"tunery-client", "grpcio", "protobuf"} <= names
+    assert not names & {"torch", "transformers", "peft", "tunery", "sqlalchemy", "minio"}

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="support-demo", help="dataset id for the training examples")
     parser.add_argument("--model", default="support-bot", help="registry model that receives the adapter")
     parser.add_argument("--epochs", type=int, help="override the automatic epoch count")
-    parser.add_argument("--budget-minutes", type=float, default=6.0,
-                        help="fewer epochs than auto when the plan's estimate exceeds this (default 6)")
+    parser.add_argument("--budget-minutes", type=float, default=12.0,
+                        help="fewer epochs than auto when the plan's estimate exceeds this (default 12)")
     parser.add_argument("--output", help="folder for the downloaded adapter (default $TUNERY_HOME/demo/<model>)")
     parser.add_argument("--samples", type=int, default=3, help="held-out questions to answer before/after")
     parser.add_argument("--max-new-tokens", type=int, default=120, help="length of each sample answer")
