@@ -41,11 +41,12 @@ def running(name: str, settings: Settings) -> Iterator[Running]:
     module = importlib.import_module(SERVICER_MODULES[name])
     service = Service(name, settings, module.MIGRATIONS, module.setup).start()
     channel = grpc.insecure_channel(service.address)
+    run = Running(service, channel, service.runtime.keys.create("alpha").secret)
     try:
-        yield Running(service, channel, service.runtime.keys.create("alpha").secret)
+        yield run
     finally:
         channel.close()
-        service.stop(0)
+        run.service.stop(0)  # a test may have replaced it with a restarted one
 
 
 @dataclass
