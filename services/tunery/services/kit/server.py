@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tunery.services.kit import auth, keys_service, logs
 from tunery.services.kit.db import Database
+from tunery.services.kit.interceptor import ServerInterceptor
 from tunery.services.kit.objects import ObjectStore
 from tunery.services.kit.paging import PageTokens
 from tunery.services.kit.settings import Settings
@@ -100,7 +101,7 @@ class Service:
         self.runtime = Runtime(name, settings, db, objects, keys,
                                PageTokens(settings.page_token_key or settings.database()))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
-                                  interceptors=[_interceptor(self.runtime.keys)],
+                                  interceptors=[ServerInterceptor(self.runtime.keys)],
                                   options=channel_options(settings))
         names = [*setup(self.runtime, self.server),
                  keys_service.add_to_server(self.server, self.runtime.keys, self.runtime.page_tokens)]
@@ -157,11 +158,6 @@ class Service:
     def _watch_dependencies(self) -> None:
         while not self._stopping.wait(self.settings.health_interval_s):
             self._check_dependencies()
-
-
-def _interceptor(keys: auth.ApiKeyStore) -> grpc.ServerInterceptor:
-    from tunery.services.kit.interceptor import ServerInterceptor  # imported late: it pulls in grpc_status
-    return ServerInterceptor(keys)
 
 
 def _retry_until(action: Callable[[], None], timeout_s: float) -> None:
