@@ -129,6 +129,7 @@ def test_every_format_is_stored_with_exact_statistics(client):
     assert stats.example_count == 2 and stats.duplicate_count == 0
     assert dict(stats.message_count_by_role) == {"assistant": 3, "system": 2, "user": 3}
     assert (stats.turns_per_example.min, stats.turns_per_example.max, stats.turns_per_example.mean) == (3, 5, 4.0)
+    assert (stats.turns_per_example.p50, stats.turns_per_example.p95) == (3, 5)
     expected_chars = [len("Marv is a factual chatbot that is also sarcastic.") + len("What's the capital of France?")
                       + len("Paris, as if everyone doesn't know that already.")]
     expected_chars.append(expected_chars[0] + len("Paris") + len("Can you be more sarcastic?"))

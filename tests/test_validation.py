@@ -74,6 +74,7 @@ def test_openai_documentation_examples_are_accepted():
     assert report.stats.examples == 2
     assert report.stats.messages_per_role == {"assistant": 3, "system": 2, "user": 3}
     assert (report.stats.turns_min, report.stats.turns_max, report.stats.turns_mean) == (3, 5, 4.0)
+    assert (report.stats.turns_p50, report.stats.turns_p95) == (3, 5)
 
 
 def test_chat_statistics_are_exact():

@@ -83,7 +83,7 @@ def statistics_proto(stats: dict) -> pb.DatasetStatistics:
     return pb.DatasetStatistics(
         example_count=stats["examples"],
         message_count_by_role=stats.get("messages_per_role", {}),
-        turns_per_example=_distribution(stats["turns_min"], stats.get("turns_p50", 0), stats.get("turns_p95", 0),
+        turns_per_example=_distribution(stats["turns_min"], stats["turns_p50"], stats["turns_p95"],
                                         stats["turns_max"], stats["turns_mean"]) if chat else None,
         characters_per_example=_distribution(stats["chars_min"], stats["chars_p50"], stats["chars_p95"],
                                              stats["chars_max"], stats["chars_mean"]),

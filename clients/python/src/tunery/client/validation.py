@@ -162,6 +162,8 @@ class Stats:
     turns_min: int = 0  # messages per example; chat only
     turns_max: int = 0
     turns_mean: float = 0.0
+    turns_p50: int = 0  # nearest-rank percentiles
+    turns_p95: int = 0
     chars_total: int = 0  # example length: characters of all content/prompt/completion/text
     chars_min: int = 0
     chars_max: int = 0
@@ -310,6 +312,7 @@ class Validator:
         self._seen: dict[bytes, int] = {}
         self._roles: dict[str, int] = {}
         self._turns_min = self._turns_max = self._turns_total = 0
+        self._turns = array("I")
         self._chars = array("Q")
 
     @property
@@ -482,6 +485,7 @@ class Validator:
             self._turns_total += turns
             self._turns_min = min(self._turns_min, turns) if self._turns_min else turns
             self._turns_max = max(self._turns_max, turns)
+            self._turns.append(turns)
             for role, n in roles.items():
                 self._roles[role] = self._roles.get(role, 0) + n
         if chars > self.limits.long_example_chars:
@@ -580,6 +584,7 @@ class Validator:
     def _stats(self) -> Stats:
         n = self._examples
         chars = array("Q", sorted(self._chars))
+        turns = array("I", sorted(self._turns))
         total = sum(chars)
         return Stats(
             lines=self._line_no,
@@ -591,6 +596,8 @@ class Validator:
             turns_min=self._turns_min,
             turns_max=self._turns_max,
             turns_mean=self._turns_total / n if n and self._turns_total else 0.0,
+            turns_p50=_percentile(turns, 50) if turns else 0,
+            turns_p95=_percentile(turns, 95) if turns else 0,
             chars_total=total,
             chars_min=chars[0] if n else 0,
             chars_max=chars[-1] if n else 0,
