@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import importlib.resources
+import re
 import shutil
 import sys
 import tempfile
@@ -43,10 +44,18 @@ def _run_protoc(extra_args: list[str]) -> None:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
 
 
+# grpcio-tools also writes a `FooServiceServicer` base class whose methods answer UNIMPLEMENTED. Tunery's
+# servicers implement every RPC and are registered with `add_FooServiceServicer_to_server`, which fails at
+# start on a missing method, so the base classes are dropped rather than shipped as stubs.
+_SERVICER_BASE = re.compile(r"^class \w+Servicer(\(object\))?:\n.*?(?=^def add_)", re.M | re.S)
+
+
 def generate(output_root: Path) -> None:
     """Write the generated Python modules for every proto under ``output_root``."""
     output_root.mkdir(parents=True, exist_ok=True)
     _run_protoc([f"--python_out={output_root}", f"--pyi_out={output_root}", f"--grpc_python_out={output_root}"])
+    for module in output_root.rglob("*_pb2_grpc.py"):
+        module.write_text(_SERVICER_BASE.sub("", module.read_text()))
 
 
 def generated_files(root: Path) -> set[str]:

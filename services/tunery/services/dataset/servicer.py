@@ -145,7 +145,7 @@ def _header(requests: Iterator, field: str):
     return first.header
 
 
-class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
+class DatasetServicer:
     def __init__(self, service: DatasetService) -> None:
         self.service = service
         self.bucket = service.repo.objects.bucket

@@ -29,7 +29,7 @@ def to_proto(row) -> auth_pb2.ApiKey:
         revoke_time=_timestamp(row.revoked_at))
 
 
-class ApiKeyServicer(auth_pb2_grpc.ApiKeyServiceServicer):
+class ApiKeyServicer:
     def __init__(self, keys: auth.ApiKeyStore, tokens: PageTokens) -> None:
         self.keys = keys
         self.tokens = tokens

@@ -97,7 +97,7 @@ def _actor() -> str:
     return f"projects/{principal.project}/apiKeys/{principal.key_id}"
 
 
-class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
+class ModelRegistryServicer:
     def __init__(self, runtime: Runtime, service: RegistryService) -> None:
         self.runtime = runtime
         self.service = service

@@ -17,7 +17,7 @@ from tunery.trainer.v1 import trainer_pb2_grpc
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+class TrainerServicer:
     def __init__(self, service: TrainerService) -> None:
         self.service = service
 

@@ -59,43 +59,6 @@ class ApiKeyServiceStub:
                 _registered_method=True)
 
 
-class ApiKeyServiceServicer:
-    """ApiKeyService manages the API keys that authenticate every call
-    ("authorization: Bearer <secret>" metadata). Every Tunery service endpoint
-    serves it (the keys live in the shared server kit's table). All of its RPCs
-    need an admin key; a non-admin key gets PERMISSION_DENIED.
-
-    A key belongs to one project and may act only on that project's resources;
-    an admin key may act on every project and manage keys. Only a hash of the
-    secret is stored.
-    """
-
-    def CreateApiKey(self, request, context):
-        """Creates a key and returns its secret, which is shown only in this
-        response. A replay with the same request_id returns the same key with an
-        empty secret (it is not stored); revoke it and create another if the
-        secret was lost.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListApiKeys(self, request, context):
-        """Lists the keys of a project, newest first. Secrets are never returned.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RevokeApiKey(self, request, context):
-        """Revokes a key: from then on it is UNAUTHENTICATED. Revoking a revoked key
-        is a no-op. Errors: NOT_FOUND.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
 def add_ApiKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
