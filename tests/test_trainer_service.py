@@ -363,7 +363,10 @@ def test_cancel_queue_and_quota(settings, model_cache):
         assert cancelled.state == S.TRAINING_JOB_STATE_CANCELLED  # at once
         stopping = stack.jobs.CancelTrainingJob(pb.CancelTrainingJobRequest(name=running_job.name),
                                                 metadata=stack.md, timeout=30).training_job
-        assert stopping.state == S.TRAINING_JOB_STATE_RUNNING and stopping.cancel_requested
+        # Flagged, not stopped by the call itself; a tiny-model step is so short that the worker may already
+        # have stopped at its next step boundary by the time the reply is read.
+        assert stopping.cancel_requested
+        assert stopping.state in (S.TRAINING_JOB_STATE_RUNNING, S.TRAINING_JOB_STATE_CANCELLED)
         events = stack.watch(running_job.name)
         assert state_is(S.TRAINING_JOB_STATE_CANCELLED)(events[-1])
         final = stack.get(running_job.name)
