@@ -410,3 +410,87 @@ def test_random_json_never_crashes(values, fmt):
     assert report.stats.examples + report.stats.invalid_examples == len(values)
     if report.ok:
         assert report.stats.examples == len(values)
+
+
+# -- the orjson fast path and the compact duplicate index ------------------------------------
+
+
+def reference(data: bytes, limits: Limits | None = None, fmt: Format | None = None) -> Report:
+    """The report of the stdlib-json reference path alone (the orjson fast path switched off)."""
+    validator = Validator(limits, fmt)
+    validator._quick = lambda stripped: None
+    validator.feed(data)
+    return validator.finish()
+
+
+EDGE_LINES = [
+    line(GOOD), line(GOOD2), line({"text": "t"}), line({"prompt": "", "completion": "c"}),
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": NaN}]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 1e400}]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": '
+    + str(2 ** 64).encode() + b"}]}",
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": '
+    + b"1" * 30 + b"}]}",
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 1.0}]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": true}]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}',
+    b'{"messages": [{"role": "user", "content": "q", "role": "assistant", "content": "a"}]}',  # duplicate keys
+    b'{"messages": [{"role": "user", "content": "q"}], "messages": [{"role": "assistant", "content": "a"}]}',
+    b'{"messages": [{"role": "user", "content": "q\\ud800"}, {"role": "assistant", "content": "a"}]}',
+    b'{"messages": [{"role": "user", "content": "q\\udc00\\ud800"}, {"role": "assistant", "content": "a"}]}',
+    b'{"messages": [{"role": "user", "content": "\xed\xa0\x80"}, {"role": "assistant", "content": "a"}]}',
+    b'{"messages": [{"role": "user", "content": "caf\xc3"}, {"role": "assistant", "content": "a"}]}',
+    b'{"messages": [{"role": "user", "content": "\\u2028\\u00a0"}, {"role": "assistant", "content": "\\u3000"}]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\x1f"}]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},]}',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]} x',
+    b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "name": "b"}]}',
+    b'{"messages": [{"role": "assistant", "content": " \\t"}]}', b'{"messages": []}', b'{"messages": [1]}',
+    b'{"text": " \\n"}', b'{"text": "\\u00e9", "text": "x"}', b'{"prompt": "p", "completion": "\\u2003"}',
+    b'{"prompt": 1e400, "completion": "c"}', b"\xef\xbb\xbf" + line(GOOD), b"\t" + line(GOOD) + b" \r",
+]
+
+
+@pytest.mark.parametrize("fmt", [None, *Format])
+def test_fast_path_reports_exactly_what_the_reference_path_reports(fmt):
+    for edge in EDGE_LINES:
+        for data in (jsonl(GOOD, edge), jsonl({"text": "t"}, edge), jsonl({"prompt": "p", "completion": "c"}, edge),
+                     jsonl(edge, edge, GOOD)):
+            assert validate_bytes(data, format=fmt) == reference(data, fmt=fmt), data
+
+
+def test_edge_cases_keep_their_codes_and_messages():
+    lines = [line(GOOD), *EDGE_LINES[4:11], EDGE_LINES[13], EDGE_LINES[15]]
+    r = validate_bytes(jsonl(*lines))
+    got = [(i.line, i.code, i.path) for i in r.issues if i.severity is Severity.ERROR]
+    weight = "messages[1].weight"
+    assert got == [(2, Code.INVALID_JSON, ""), (3, Code.INVALID_WEIGHT, weight), (4, Code.INVALID_WEIGHT, weight),
+                   (5, Code.INVALID_WEIGHT, weight), (6, Code.INVALID_WEIGHT, weight),
+                   (7, Code.INVALID_WEIGHT, weight), (9, Code.INVALID_UTF8, "messages[0].content"),
+                   (10, Code.INVALID_UTF8, "")]
+    messages = [i.message for i in r.issues if i.severity is Severity.ERROR]
+    assert "NaN is not a JSON value" in messages[0]
+    assert "found Infinity" in messages[1]
+    assert f"found {2 ** 64}" in messages[2]  # the exact integer, not orjson's float
+    assert 8 in [i.line for i in r.issues if i.code == Code.ZERO_WEIGHT]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values, min_size=1, max_size=8), st.sampled_from([None, *Format]))
+def test_fast_path_matches_the_reference_on_random_json(values, fmt):
+    data = b"\n".join(json.dumps(v).encode() for v in values)
+    assert validate_bytes(data, Limits(max_depth=5), fmt) == reference(data, Limits(max_depth=5), fmt)
+
+
+def test_duplicates_across_chunks_and_index_growth():
+    examples = [chat(("user", f"question {k}"), ("assistant", f"answer {k}")) for k in range(5000)]
+    lines = [line(e) for e in examples] + [line(examples[0]), b" " + line(examples[2500]), line(examples[4999])]
+    data = jsonl(*lines)
+    chunks = [data[k:k + 4096] for k in range(0, len(data), 4096)]  # lines cut across chunk boundaries
+    r = validate_stream(chunks)
+    dups = [i for i in r.issues if i.code == Code.DUPLICATE_EXAMPLE]
+    assert [(i.line, i.offset) for i in dups] == [(5001 + k, sum(len(ln) + 1 for ln in lines[:5000 + k]))
+                                                  for k in range(3)]
+    assert [int(i.message.split("line ")[1].split(";")[0]) for i in dups] == [1, 2501, 5000]
+    assert r.stats.duplicates == 3 and r.stats.examples == 5003
+    assert r == reference(data)

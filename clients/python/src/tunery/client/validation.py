@@ -1,6 +1,8 @@
 """Streaming JSONL dataset validator, shared by the dataset service and the offline SDK/CLI.
 
-Pure Python (no gRPC, protobuf or torch), so both sides produce identical reports.
+Python and orjson (no gRPC, protobuf or torch), so both sides produce identical reports. The stdlib
+``json`` parse and the field checks below are the reference; orjson only speeds up the plain valid lines
+(see ``_quick``).
 
 Feed bytes in chunks of any size; lines may be split across chunks. Only the current line is
 buffered, and a line longer than ``Limits.max_line_bytes`` is skipped without being buffered.
@@ -19,7 +21,7 @@ Rules worth knowing:
 * The format (chat, prompt_completion, text) is the caller's, or else the one of the first line
   that shows one; a later line of another format is ``mixed_format``.
 * Errors make a line an invalid example; warnings do not. Statistics cover valid examples only.
-* ``duplicate_example`` compares lines byte for byte (ignoring surrounding whitespace).
+* ``duplicate_example`` compares lines (ignoring surrounding whitespace) by a 64-bit hash of their bytes.
 * Issues on whole-file problems (``empty_file``, ``no_valid_examples``) have line 0, offset 0.
 * ``max_file_bytes`` and ``max_examples`` (non-blank lines) raise :class:`LimitExceeded`; the
   validator is then unusable and every later call raises the same exception.
@@ -31,12 +33,15 @@ import hashlib
 import json
 import re
 from array import array
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from itertools import accumulate
 from os import PathLike
 from typing import Any
+
+import orjson
 
 __all__ = [
     "Code",
@@ -309,8 +314,8 @@ class Validator:
         self._nonblank = 0
         self._examples = 0
         self._duplicates = 0
-        self._seen: dict[bytes, int] = {}
-        self._roles: dict[str, int] = {}
+        self._seen = _SeenLines("I" if self.limits.max_file_bytes < 1 << 32 else "Q")
+        self._roles: Counter[str] = Counter()
         self._turns_min = self._turns_max = self._turns_total = 0
         self._turns = array("I")
         self._chars = array("Q")
@@ -471,13 +476,15 @@ class Validator:
             self._blank += 1
             return
         self._count_example(line_no)
-        errors = self._errors
-        obj = self._parse(raw, stripped, lead, line_no, offset)
-        if obj is None:
-            return
-        size = self._check_example(obj, raw, line_no, offset)
-        if self._errors != errors or size is None:
-            return
+        size = self._quick(stripped)
+        if size is None:
+            errors = self._errors
+            obj = self._parse(raw, stripped, lead, line_no, offset)
+            if obj is None:
+                return
+            size = self._check_example(obj, raw, line_no, offset)
+            if self._errors != errors or size is None:
+                return
         chars, turns, roles = size
         self._examples += 1
         self._chars.append(chars)
@@ -486,20 +493,48 @@ class Validator:
             self._turns_min = min(self._turns_min, turns) if self._turns_min else turns
             self._turns_max = max(self._turns_max, turns)
             self._turns.append(turns)
-            for role, n in roles.items():
-                self._roles[role] = self._roles.get(role, 0) + n
+            self._roles.update(roles)
         if chars > self.limits.long_example_chars:
             self._add(Code.LONG_EXAMPLE, line_no, offset, "",
                       f"example has {chars} characters, over long_example_chars="
                       f"{self.limits.long_example_chars}; it may not fit the model's context and "
                       "be truncated in training; shorten or split it if that matters")
-        key = hashlib.blake2b(stripped, digest_size=12).digest()
-        first = self._seen.setdefault(key, line_no)
+        first = self._seen.first(hash(stripped), line_no)
         if first != line_no:
             self._duplicates += 1
             self._add(Code.DUPLICATE_EXAMPLE, line_no, offset, "",
                       f"example is identical to line {first}; a duplicate weighs that example "
                       "twice in training, so remove it unless that is intended")
+
+    def _quick(self, stripped: bytes) -> tuple[int, int, list[str] | tuple[()]] | None:
+        """(chars, turns, roles) of a line that is a plain valid example of the file's format, or None for
+        anything else, which the reference path then checks and reports.
+
+        A plain example holds only strings where the format wants them (and 0/1 weights), which orjson and
+        json parse alike: orjson rejects the lone surrogates json accepts, and it turns integers beyond 64
+        bits into floats, but neither can be part of a plain example, and orjson rejects nothing valid
+        here that json accepts."""
+        fmt = self._format
+        if fmt is None or stripped.count(b"[") + stripped.count(b"{") > self.limits.max_depth:
+            return None
+        try:
+            obj = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is not dict:
+            return None
+        if fmt is Format.CHAT:
+            return _quick_chat(obj)
+        if fmt is Format.PROMPT_COMPLETION:
+            prompt, completion = obj.get("prompt"), obj.get("completion")
+            if (len(obj) != 2 or type(prompt) is not str or type(completion) is not str or not completion
+                    or completion.isspace()):
+                return None
+            return len(prompt) + len(completion), 0, ()
+        text = obj.get("text")
+        if len(obj) != 1 or type(text) is not str or not text or text.isspace():
+            return None
+        return len(text), 0, ()
 
     def _parse(self, raw: bytes, stripped: bytes, lead: int, line_no: int,
                offset: int) -> dict | None:
@@ -606,6 +641,69 @@ class Validator:
             chars_p95=_percentile(chars, 95) if n else 0,
             approx_tokens=-(-total // 4),
         )
+
+
+def _quick_chat(obj: dict) -> tuple[int, int, list[str]] | None:
+    """``Validator._quick`` for chat: messages of only a role and a non-blank content, assistant ones
+    optionally with a weight of 0 or 1, at least one assistant message trained on."""
+    messages = obj.get("messages")
+    if len(obj) != 1 or type(messages) is not list:
+        return None
+    chars, roles, trained = 0, [], False
+    for message in messages:
+        if type(message) is not dict:
+            return None
+        role, content = message.get("role"), message.get("content")
+        if role not in _ROLES or type(content) is not str or not content or content.isspace():
+            return None
+        if len(message) != 2:
+            weight = message.get("weight")
+            if len(message) != 3 or role != "assistant" or type(weight) is not int or weight not in (0, 1):
+                return None
+            trained = trained or weight == 1
+        elif role == "assistant":
+            trained = True
+        chars += len(content)
+        roles.append(role)
+    return (chars, len(messages), roles) if trained else None
+
+
+class _SeenLines:
+    """The first line of each 64-bit line hash, in an open-addressing table of two arrays that grows at
+    half full: at most ~32 bytes a line, where a dict of digest bytes to ints takes ~144. Python's hash()
+    of bytes is keyed per process, so lines cannot be made to collide on purpose."""
+
+    def __init__(self, line_type: str) -> None:
+        self._line_type = line_type  # "I" while line numbers fit 32 bits
+        self._keys = array("q", bytes(8 * 1024))  # 0 marks a free slot
+        self._lines = array(line_type, bytes(1024 * array(line_type).itemsize))
+        self._used = 0
+
+    def first(self, key: int, line: int) -> int:
+        """The line that first had ``key``; ``line`` itself (now recorded) when the key is new."""
+        key = key or 1
+        keys, mask = self._keys, len(self._keys) - 1
+        slot = key & mask
+        while (found := keys[slot]) != key:
+            if not found:
+                keys[slot] = key
+                self._lines[slot] = line
+                self._used += 1
+                if 2 * self._used > len(keys):
+                    self._grow()
+                return line
+            slot = (slot + 1) & mask
+        return self._lines[slot]
+
+    def _grow(self) -> None:
+        entries = zip(self._keys, self._lines)
+        size = 2 * len(self._keys)
+        self._keys = array("q", bytes(8 * size))
+        self._lines = array(self._line_type, bytes(size * self._lines.itemsize))
+        self._used = 0
+        for key, line in entries:
+            if key:
+                self.first(key, line)
 
 
 class _ExampleCheck:
