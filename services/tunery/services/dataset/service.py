@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
@@ -90,7 +91,7 @@ def _now() -> datetime:
 
 class _Incoming:
     """The upload's bytes as they arrive, cut into segments; `take` sees every chunk once, before it is
-    stored (so validation, hashing and limits run in the same pass as the object-store write)."""
+    stored (validation, hashing and limits run while the previous segment is written)."""
 
     def __init__(self, chunks: Iterator[bytes], take: Callable[[bytes], None]) -> None:
         self._chunks = chunks
@@ -108,14 +109,14 @@ class _Incoming:
                 self._pending = chunk
         return bool(self._pending)
 
-    def segment(self, size: int, counter: list[int]) -> Iterator[bytes]:
-        """Up to `size` bytes; adds the count to counter[0]."""
-        left = size
+    def segment(self, size: int) -> list[bytes]:
+        """The next (up to) `size` bytes, as the chunks they arrived in."""
+        pieces, left = [], size
         while left and self.more():
             piece, self._pending = self._pending[:left], self._pending[left:]
             left -= len(piece)
-            counter[0] += len(piece)
-            yield piece
+            pieces.append(piece)
+        return pieces
 
 
 class DatasetService:
@@ -274,9 +275,11 @@ class DatasetService:
                            "at offset 0", "DATASET_UPLOAD_NOT_FOUND", upload=name)
         return session
 
-    def upload(self, header: UploadHeader, chunks: Iterator[bytes]) -> tuple[VersionRow, bool]:
+    def upload(self, header: UploadHeader, chunks: Iterator[bytes],
+               check_stream: Callable[[], None] = lambda: None) -> tuple[VersionRow, bool]:
         """Receive one upload stream: validate + hash + stage as the bytes arrive, then create the version
-        (or return the existing one with the same bytes). See the proto for the session rules."""
+        (or return the existing one with the same bytes). `check_stream` raises if the stream was broken
+        rather than complete; it runs once every byte is staged. See the proto for the session rules."""
         project, dataset_id = self._dataset_ids(header.dataset, "header.dataset")
         upload_id = self._check_header(header)
         self._dataset(project, dataset_id)
@@ -305,6 +308,7 @@ class DatasetService:
             self.repo.remove_prefix(self.repo.upload_prefix(project, dataset_id, upload_id))
         try:
             report, staged = self._receive(session, committed_parts, chunks)
+            check_stream()
             self._check_report(report, header)
         except LimitExceeded as error:
             self._discard(session)
@@ -347,19 +351,31 @@ class DatasetService:
         staged = list(committed)
         offset = session.committed_bytes
         incoming = _Incoming(chunks, take)
-        while incoming.more():
-            key = self.repo.segment_key(session.project, session.dataset_id, session.upload_id, offset,
-                                        session.attempt)
-            counter = [0]
-            self.repo.put(key, incoming.segment(self.segment_bytes, counter))
-            part = PartRow(offset, counter[0], key)
-            if not self.repo.commit_segment(session, part, _now() + self.ttl):
-                self.repo.remove([key])
-                raise Aborted(f"upload {session.upload_id} was taken over by another stream (or expired); call "
-                              "GetDatasetUpload and resume from its committed_bytes", "UPLOAD_CONFLICT")
-            staged.append(part)
-            offset += part.size_bytes
+        # One segment is stored and committed by the writer while the next one is received and validated
+        # (hashing and sockets release the GIL). Leaving the block waits for the writer, so a failed stream
+        # still commits the segments it completed and never leaves a write behind.
+        with ThreadPoolExecutor(1, thread_name_prefix="dataset-segment-writer") as writer:
+            writing: Future[PartRow] | None = None
+            while incoming.more():
+                pieces = incoming.segment(self.segment_bytes)
+                if writing is not None:
+                    staged.append(writing.result())
+                writing = writer.submit(self._stage, session, offset, pieces)
+                offset += sum(map(len, pieces))
+            if writing is not None:
+                staged.append(writing.result())
         return validator.finish(), staged
+
+    def _stage(self, session: UploadRow, offset: int, pieces: list[bytes]) -> PartRow:
+        """Store one segment and commit it to the session."""
+        key = self.repo.segment_key(session.project, session.dataset_id, session.upload_id, offset, session.attempt)
+        part = PartRow(offset, sum(map(len, pieces)), key)
+        self.repo.put(key, pieces)
+        if not self.repo.commit_segment(session, part, _now() + self.ttl):
+            self.repo.remove([key])
+            raise Aborted(f"upload {session.upload_id} was taken over by another stream (or expired); call "
+                          "GetDatasetUpload and resume from its committed_bytes", "UPLOAD_CONFLICT")
+        return part
 
     def _check_report(self, report: Report, header: UploadHeader) -> None:
         if header.expected_sha256 and report.sha256 != header.expected_sha256:

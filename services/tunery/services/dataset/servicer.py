@@ -122,9 +122,20 @@ def example_proto(line: int, data: dict, format: str) -> pb.Example:
     return pb.Example(line=line, text=pb.TextExample(text=data["text"]))
 
 
+def _broken() -> Cancelled:
+    return Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN")
+
+
+def _check_stream(context: grpc.ServicerContext) -> None:
+    """A cancelled call (client gone, server stopping) can look like a stream that simply ended: CANCELLED
+    unless the call is still active. gRPC may report the end of the stream just before the cancellation,
+    so callers check again before acting on a complete stream."""
+    if not context.is_active():
+        raise _broken()
+
+
 def _chunks(requests: Iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
     """The bytes of the chunk messages after the header; a broken client stream becomes CANCELLED."""
-    broken = Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN")
     try:
         for request in requests:
             if request.WhichOneof("payload") != "chunk":
@@ -132,10 +143,8 @@ def _chunks(requests: Iterator, context: grpc.ServicerContext) -> Iterator[bytes
                                             "UNEXPECTED_HEADER")
             yield request.chunk
     except grpc.RpcError:
-        raise broken from None
-    # A cancelled call (client gone, server stopping) can look like a stream that simply ended.
-    if not context.is_active():
-        raise broken
+        raise _broken() from None
+    _check_stream(context)
 
 
 def _header(requests: Iterator, field: str):
@@ -172,7 +181,8 @@ class DatasetServicer:
         version, created = self.service.upload(UploadHeader(
             dataset=header.dataset, request_id=header.request_id, offset=header.offset,
             format=_format(header.format, "header.format"), expected_sha256=header.expected_sha256,
-            description=header.description, labels=dict(header.labels)), _chunks(request_iterator, context))
+            description=header.description, labels=dict(header.labels)), _chunks(request_iterator, context),
+            lambda: _check_stream(context))
         return pb.UploadDatasetVersionResponse(dataset_version=version_proto(version, self.bucket), created=created)
 
     def GetDatasetUpload(self, request: pb.GetDatasetUploadRequest, context) -> pb.GetDatasetUploadResponse:

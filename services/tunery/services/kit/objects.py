@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from typing import Iterable, Iterator
 
 import urllib3
@@ -19,7 +20,8 @@ READ_SIZE = 1024 * 1024
 
 
 class _ChunkReader(io.RawIOBase):
-    """A file-like view of an iterator of byte chunks, for minio's streaming put."""
+    """A file-like view of an iterator of byte chunks, for minio's streaming put. `read` fills the whole
+    request with one join: minio asks for a part at a time and appends the pieces each read returns."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
@@ -28,16 +30,19 @@ class _ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
-        while not self._pending:
-            try:
-                self._pending = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+    def read(self, size: int = -1) -> bytes:
+        pieces, left = [], size if size >= 0 else sys.maxsize
+        while left:
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk)
+            piece = self._pending[:left]
+            self._pending = self._pending[len(piece):]
+            left -= len(piece)
+            pieces.append(piece)
+        return b"".join(pieces)
 
 
 class ObjectStore:
