@@ -62,6 +62,9 @@ checkpoints = sa.Table(
     sa.Column("checkpoint", sa.LargeBinary, nullable=False),
 )
 
+# Built once: the hottest read (GetTrainingJob) skips building and cache-keying a statement per call.
+_JOB_BY_ID = sa.select(jobs).where(jobs.c.job_id == sa.bindparam("job_id"))
+
 
 def now_us() -> int:
     return time.time_ns() // 1000
@@ -163,8 +166,7 @@ class Repository:
         return _job(row) if row else None
 
     def get_job(self, job_id: str) -> Job | None:
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).first()
+        row = self.db.first(_JOB_BY_ID, {"job_id": job_id})
         return _job(row) if row else None
 
     def list_jobs(self, project: str, *, state: str | None, dataset_version: str | None,
