@@ -72,9 +72,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tunery-bench-rpc-") as root, \
             local_stack(Path(root), Settings().model_cache()) as stack:
         job = stack.wait_done(stack.tiny_job(stack.upload_chat("support", chat_examples(16))).name)
-        health = health_pb2_grpc.HealthStub(stack.channels["trainer"])
+        # Both stubs and the metadata are made once: a stub per call registers every method of its service.
+        health, jobs, metadata = health_pb2_grpc.HealthStub(stack.channels["trainer"]), stack.jobs, stack.metadata
         check = lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-        get = lambda: stack.jobs.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name), metadata=stack.metadata, timeout=10)
+        get = lambda: jobs.GetTrainingJob(pb.GetTrainingJobRequest(name=job.name), metadata=metadata, timeout=10)
         check(), get()  # warm both paths
         rows = []
         for callers in (1, 16):
