@@ -10,7 +10,7 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 
@@ -87,15 +87,17 @@ def chat_examples(count: int) -> list[dict]:
 
 
 @contextmanager
-def local_stack(root: Path, model_cache: Path, names: tuple[str, ...] = ("dataset", "registry", "trainer")) -> Iterator[Stack]:
-    """Start S3 and the named services (the trainer needs the other two); stop everything afterwards."""
+def local_stack(root: Path, model_cache: Path, names: tuple[str, ...] = ("dataset", "registry", "trainer"),
+                **changes: Any) -> Iterator[Stack]:
+    """Start S3 and the named services (the trainer needs the other two), with settings `changes`; stop
+    everything afterwards."""
     modules = {"dataset": dataset_servicer, "registry": registry_servicer, "trainer": trainer_servicer}
     s3 = SeaweedS3(root / "seaweed").start()
     with ExitStack() as stop:
         stop.callback(s3.stop)
         settings = Settings(home=root / "home", port=0, database_url=f"sqlite:///{root / 'tunery.db'}",
                             s3_endpoint=s3.endpoint, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key,
-                            s3_bucket="bench", trainer_model_cache=model_cache, shutdown_grace_s=5.0)
+                            s3_bucket="bench", trainer_model_cache=model_cache, shutdown_grace_s=5.0, **changes)
         # Services log as deployed (JSON, info: one line per RPC), into a file rather than over the table.
         log_file = stop.enter_context(open(root / "services.log", "w"))
         logs.configure("json", settings.log_level, stream=log_file)

@@ -6,6 +6,7 @@ import importlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import grpc
@@ -121,3 +122,17 @@ def wait_until(condition: Callable[[], T], what: str, timeout_s: float = 180.0, 
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
         time.sleep(every_s)
+
+
+def child_processes(parent: int) -> dict[int, bytes]:
+    """Live (not zombie) child processes of `parent`: pid → command line, arguments space-separated."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == parent and state != "Z":
+            found[int(stat.parent.name)] = cmdline
+    return found

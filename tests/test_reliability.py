@@ -28,7 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.numpy import save as save_safetensors
 
-from service_fixtures import fails, running, running_stack, wait_until
+from service_fixtures import child_processes, fails, running, running_stack, wait_until
 from tunery.dataset.v1 import dataset_pb2 as dpb
 from tunery.dataset.v1 import dataset_pb2_grpc
 from tunery.registry.v1 import registry_pb2 as rpb
@@ -490,10 +490,13 @@ def test_kill_9_of_the_trainer_service_loses_no_job_and_runs_none_twice(settings
             job_ids += [endless.name.rsplit("/", 1)[1], short.name.rsplit("/", 1)[1]]
             watch(jobs, md, endless.name, until=checkpoint_at_least(4))
             worker = jobs_db.get_job(job_ids[0]).worker_pid
+            standby = next(pid for pid, cmd in child_processes(first.process.pid).items() if b"--standby" in cmd)
+            assert worker in child_processes(standby)  # forked by the standby worker
 
             first.process.kill()  # kill -9: no stop handler runs, the worker is orphaned mid-step
             first.process.wait(30)
             assert _is_worker(worker), "the worker should outlive its service"
+            wait_until(lambda: not _is_worker(standby), "the standby to end with its service", 60)
             second = ServiceProcess("trainer", env, tmp_path / "trainer-2.log")
             adopted = [e for e in second.events() if e.get("event") == "worker.adopted"]
             assert [e["pid"] for e in adopted] == [worker]  # the running worker is watched, not started again

@@ -22,12 +22,12 @@ from peft import PeftModel
 from safetensors.torch import load as load_safetensors
 from transformers import AutoModelForCausalLM
 
-from service_fixtures import Running, fails, running
+from service_fixtures import Running, child_processes, fails, running, wait_until
 from tunery.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from tunery.registry.v1 import registry_pb2, registry_pb2_grpc
 from tunery.services.kit.db import Database
 from tunery.services.kit.errors import ResourceExhausted
-from tunery.services.trainer import base_models
+from tunery.services.trainer import base_models, executors
 from tunery.services.trainer.repository import Repository
 from tunery.services.trainer.servicer import MIGRATIONS
 from tunery.trainer.v1 import trainer_pb2 as pb
@@ -386,6 +386,41 @@ def test_cancel_queue_and_quota(settings, model_cache):
         only = stack.jobs.ListTrainingJobs(pb.ListTrainingJobsRequest(
             parent=PARENT, state=S.TRAINING_JOB_STATE_CANCELLED), metadata=stack.md, timeout=30).training_jobs
         assert {j.name for j in only} == {queued_job.name, running_job.name}
+
+
+def standby_worker() -> int | None:
+    """The standby worker (`worker --standby`) of the trainer service running in this process."""
+    return next((pid for pid, cmd in child_processes(os.getpid()).items() if cmd.endswith(b" --standby")), None)
+
+
+def test_workers_are_forked_by_a_standby_that_ends_with_the_service(settings, model_cache):
+    with stack_of(settings, model_cache) as stack:
+        standby = wait_until(standby_worker, "the standby worker to start", 60)  # with the service, before any job
+        stack.upload("chat", chat_examples(8))
+        job = stack.create(tiny_spec(f"{PARENT}/datasets/chat", hyperparameters__epochs=1000))
+        job_id = job.name.rsplit("/", 1)[1]
+        stack.watch(job.name, until=lambda e: e.WhichOneof("event") == "step_metrics")
+        worker = stack.repo.get_job(job_id).worker_pid
+        assert worker in child_processes(standby)  # forked, not started as a new process
+        # Its command line names its job, so a restarted service can adopt it; the standby's names none.
+        assert executors._is_worker_of(worker, job_id) and not executors._is_worker_of(standby, job_id)
+        assert not executors._is_worker_of(worker, "another-job")
+        stack.jobs.CancelTrainingJob(pb.CancelTrainingJobRequest(name=job.name), metadata=stack.md, timeout=30)
+        assert state_is(S.TRAINING_JOB_STATE_CANCELLED)(stack.watch(job.name)[-1])
+        wait_until(lambda: worker not in child_processes(standby), "the cancelled worker to be reaped", 60)
+
+        again = stack.create(tiny_spec(f"{PARENT}/datasets/chat", hyperparameters__epochs=1))
+        assert state_is(S.TRAINING_JOB_STATE_SUCCEEDED)(stack.watch(again.name)[-1])
+        assert standby_worker() == standby  # one standby serves every job
+    assert not Path(f"/proc/{standby}").exists()  # stopped and reaped with the service
+    assert not [cmd for cmd in child_processes(os.getpid()).values() if b"tunery.services.trainer.worker" in cmd]
+
+
+def test_without_its_standby_the_service_starts_workers_as_new_processes(stack):
+    os.kill(wait_until(standby_worker, "the standby worker to start", 60), signal.SIGKILL)
+    stack.upload("chat", chat_examples(8))
+    job = stack.create(tiny_spec(f"{PARENT}/datasets/chat", hyperparameters__epochs=1))
+    assert state_is(S.TRAINING_JOB_STATE_SUCCEEDED)(stack.watch(job.name)[-1]), stack.get(job.name).error
 
 
 def test_two_processes_train_under_torchrun(stack):

@@ -75,6 +75,8 @@ class Settings:
     trainer_worker_threads: int = 0
     # Seconds workers get to checkpoint and exit after SIGTERM when the service stops.
     trainer_stop_timeout_s: float = 60.0
+    # Local executor: a standby process, started with the service, imports torch & co. once and forks workers.
+    trainer_standby_worker: bool = True
     # Seconds between database polls of the scheduler and of WatchTrainingJob streams.
     trainer_poll_interval_s: float = 0.25
     # Where workers run: "local" (processes of this machine) or "kubernetes" (one batch/v1 Job per attempt).

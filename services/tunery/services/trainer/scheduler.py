@@ -4,7 +4,8 @@
   become QUEUED with their plan, or FAILED with a structured error.
 - QUEUED jobs start, oldest first, while fewer than settings.trainer_max_concurrent_jobs workers run: the
   job becomes RUNNING with a new attempt and its executor (executors.py: local processes or Kubernetes Jobs,
-  settings.trainer_executor) starts a worker.
+  settings.trainer_executor) starts a worker (locally: hands it to the standby worker started ahead). A
+  local worker's exit wakes the loop, so the next job starts at once.
 - A worker that ends while its attempt still owns the RUNNING job died: the job is re-queued (it resumes
   from its latest checkpoint) or, after settings.trainer_max_attempts failures, FAILED. A preempted worker
   is re-queued without counting a failure.
@@ -39,7 +40,7 @@ class Scheduler:
         self.settings = settings
         self.repo = repo
         self.peers = peers
-        self.executor = executor or make_executor(settings)
+        self.executor = executor or make_executor(settings, on_exit=self.wake)
         self._validating: set[str] = set()
         self._deferred: dict[str, float] = {}  # job id → monotonic time before which validation waits
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-validate")

@@ -1,5 +1,6 @@
 """The worker process: `python -m tunery.services.trainer.worker --job JOB --attempt N` (or the same under
-torchrun). It trains one attempt of one RUNNING job and reports through the database and object store:
+torchrun), or forked by the standby worker (`--standby`, see serve_standby). It trains one attempt of one
+RUNNING job and reports through the database and object store:
 
 - loads the job and its stored plan, downloads the dataset versions (digest-verified) from the dataset
   service, resolves the base model into the model cache, and resumes from the job's latest checkpoint;
@@ -18,17 +19,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
+import selectors
 import shutil
 import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import grpc
+import setproctitle
 import structlog
 from google.protobuf import json_format, struct_pb2
 
@@ -143,16 +148,16 @@ class JobCallbacks(recipe.TrainingCallbacks):
 
 
 class Worker:
-    def __init__(self, settings: Settings, job_id: str, attempt: int) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.job_id, self.attempt = job_id, attempt
         self.rank = int(os.environ.get("RANK", "0"))
         self.repo = Repository(Database(settings.database()), ObjectStore(settings))
         self.peers = Peers(settings)
         self.stop = threading.Event()
-        self.work = settings.home / "trainer" / "work" / job_id / f"attempt-{attempt}-rank-{self.rank}"
 
-    def run(self) -> int:
+    def run(self, job_id: str, attempt: int) -> int:
+        self.job_id, self.attempt = job_id, attempt
+        self.work = self.settings.home / "trainer" / "work" / job_id / f"attempt-{attempt}-rank-{self.rank}"
         job = self.repo.get_job(self.job_id)
         if job is None or job.state != "RUNNING" or job.attempt_count != self.attempt:
             log.warning("worker.not_running", job=self.job_id, attempt=self.attempt)
@@ -317,18 +322,107 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
+def run_attempt(settings: Settings, job_id: str, attempt: int) -> int:
+    worker = Worker(settings)
+    # SIGTERM means "suspend": the recipe checkpoints at the next step boundary and the job is re-queued.
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    return worker.run(job_id, attempt)
+
+
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: finalizing torch, transformers and peft takes ~1 s, during
+    which the process would still hold its worker slot. The job's outcome is already stored."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def serve_standby(settings: Settings) -> None:
+    """`--standby`: the local executor's warm worker. It has imported everything once; each line on stdin,
+    {"job", "attempt", "log"}, forks one worker process for that attempt, and stdout reports {"pid"} for the
+    fork and {"pid", "code"} when it has ended. End of input (the service stopped or died) ends the standby;
+    its workers live on, and a new service adopts them by their command line."""
+    Worker(settings)  # imports the database driver once, for every fork
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ)
+    children: dict[int, int] = {}  # pidfd → pid
+    pending = b""
+    while True:
+        for key, _ in selector.select():
+            if key.fd in children:  # a worker ended
+                pid = children.pop(key.fd)
+                selector.unregister(key.fd)
+                os.close(key.fd)
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                _report({"pid": pid, "code": code})
+                continue
+            data = os.read(0, 65536)
+            if not data:
+                return
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                handed = json.loads(line)
+                pid = _fork_worker(settings, handed, selector, list(children))
+                fd = os.pidfd_open(pid)
+                children[fd] = pid
+                selector.register(fd, selectors.EVENT_READ)
+
+
+def _fork_worker(settings: Settings, handed: dict, selector: selectors.BaseSelector, pidfds: list[int]) -> int:
+    """Fork the worker of one attempt. It starts only once its pid is reported, so a standby that dies in
+    between leaves no worker the executor does not know about."""
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            selector.close()  # the standby's file descriptors are not the worker's
+            for fd in (go_write, *pidfds):
+                os.close(fd)
+            if not os.read(go_read, 1):
+                exit_now(0)
+            os.close(go_read)
+            null = os.open(os.devnull, os.O_RDONLY)
+            out = os.open(handed["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            for fd, source in ((0, null), (1, out), (2, out)):
+                os.dup2(source, fd)
+            os.close(null)
+            os.close(out)
+            # The executor adopts a worker after a service restart only when its command line names the job.
+            setproctitle.setproctitle(f"{sys.executable} -m {__spec__.name} --job {handed['job']} "
+                                      f"--attempt {handed['attempt']}")
+            code = run_attempt(settings, handed["job"], handed["attempt"])
+        except BaseException:  # noqa: BLE001 - a forked worker must never return into the standby's loop
+            traceback.print_exc()
+        finally:
+            exit_now(code)
+    os.close(go_read)
+    _report({"pid": pid})
+    os.write(go_write, b"x")
+    os.close(go_write)
+    return pid
+
+
+def _report(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tunery.services.trainer.worker")
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--attempt", type=int, required=True)
+    parser.add_argument("--job")
+    parser.add_argument("--attempt", type=int)
+    parser.add_argument("--standby", action="store_true", help="fork a worker for each attempt handed on stdin")
     settings, args = load(argv, parser=parser)
+    if not args.standby and (args.job is None or args.attempt is None):
+        parser.error("--job and --attempt are required (or --standby)")
     logs.configure(settings.log_format, settings.log_level)
-    worker = Worker(settings, args.job, args.attempt)
-    # SIGTERM means "suspend": the recipe checkpoints at the next step boundary and the job is re-queued.
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-    sys.exit(worker.run())
+    if args.standby:
+        serve_standby(settings)
+    else:
+        exit_now(run_attempt(settings, args.job, args.attempt))
 
 
 if __name__ == "__main__":
