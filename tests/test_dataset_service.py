@@ -519,3 +519,26 @@ def test_create_dataset_rules(client):
         client.upload(first.name, OPENAI_CHAT, request_id="not-a-uuid")
 
 
+
+
+def test_read_ahead_keeps_order_closes_its_source_and_raises_its_errors():
+    from tunery.services.kit.objects import read_ahead
+
+    closed = []
+
+    def source(fail: bool):
+        try:
+            yield from (b"a", b"b", b"c")
+            if fail:
+                raise OSError("store gone")
+        finally:
+            closed.append(fail)
+
+    assert list(read_ahead(source(False))) == [b"a", b"b", b"c"] and closed == [False]
+    early = read_ahead(source(False))
+    assert next(early) == b"a"
+    early.close()  # the caller stopped (a cancelled download): the source is closed too
+    assert closed == [False, False]
+    with pytest.raises(OSError, match="store gone"):
+        list(read_ahead(source(True)))
+    assert closed == [False, False, True]

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from tunery.services.kit.db import Database
 from tunery.services.kit.errors import Aborted, NotFound
-from tunery.services.kit.objects import ObjectStore
+from tunery.services.kit.objects import READ_SIZE, ObjectStore
 
 _metadata = sa.MetaData()
 datasets = sa.Table(
@@ -365,8 +365,8 @@ class Repository:
     def put(self, key: str, chunks: Iterable[bytes]) -> None:
         self.objects.put(key, chunks)
 
-    def read(self, key: str, offset: int = 0) -> Iterator[bytes]:
-        return self.objects.get(key, offset)
+    def read(self, key: str, offset: int = 0, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+        return self.objects.get(key, offset, chunk_size)
 
     def compose(self, key: str, sources: list[str]) -> None:
         """Server-side concatenation of `sources` into `key` (S3 multipart copy: every source but the last

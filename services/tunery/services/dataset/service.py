@@ -22,6 +22,7 @@ from tunery.services.kit import names, paging
 from tunery.services.kit.auth import authorize
 from tunery.services.kit.errors import (Aborted, AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument,
                                          NotFound, ResourceExhausted, TuneryError)
+from tunery.services.kit.objects import download_chunk_size, read_ahead
 from tunery.services.kit.paging import PageTokens
 from tunery.services.kit.settings import Settings
 
@@ -130,6 +131,7 @@ class DatasetService:
                              max_examples=settings.dataset_max_examples, max_depth=settings.dataset_max_depth)
         self.segment_bytes = max(settings.dataset_upload_segment_bytes, MIN_SEGMENT_BYTES)
         self.ttl = timedelta(seconds=settings.dataset_upload_ttl_s)
+        self.download_chunk = download_chunk_size(settings.max_message_bytes)
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -230,7 +232,7 @@ class DatasetService:
 
     def _verified(self, version: VersionRow) -> Iterator[bytes]:
         digest, size = hashlib.sha256(), 0
-        for chunk in self.repo.read(version.object_key):
+        for chunk in read_ahead(self.repo.read(version.object_key, chunk_size=self.download_chunk)):
             digest.update(chunk)
             size += len(chunk)
             yield chunk
@@ -276,7 +278,7 @@ class DatasetService:
         return session
 
     def upload(self, header: UploadHeader, chunks: Iterator[bytes],
-               check_stream: Callable[[], None] = lambda: None) -> tuple[VersionRow, bool]:
+               check_stream: Callable[[], None]) -> tuple[VersionRow, bool]:
         """Receive one upload stream: validate + hash + stage as the bytes arrive, then create the version
         (or return the existing one with the same bytes). `check_stream` raises if the stream was broken
         rather than complete; it runs once every byte is staged. See the proto for the session rules."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Iterable, Iterator, TypeVar
 
 import urllib3
 from minio import Minio
@@ -17,6 +18,32 @@ from tunery.services.kit.settings import Settings
 
 PART_SIZE = 16 * 1024 * 1024  # multipart part size: bounds memory per streaming upload
 READ_SIZE = 1024 * 1024
+
+
+def download_chunk_size(max_message_bytes: int) -> int:
+    """Bytes per message of a download stream: just under 4 MiB (fewer, larger messages cost less in gRPC
+    and Python than 1 MiB ones), so a message with its framing fits gRPC's default 4 MiB receive limit,
+    which generated clients keep; less where the server's own message limit is lower."""
+    return min(4 * 1024 * 1024 - 64 * 1024, max_message_bytes // 2)
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """The items of `items`, the next one fetched by a helper thread while the caller handles the current one
+    (a download then reads from the object store while it sends: sockets and hashing release the GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+        pending = reader.submit(next, items, None)
+        try:
+            while (item := pending.result()) is not None:
+                pending = reader.submit(next, items, None)
+                yield item
+        finally:  # also when the caller stops early: let the fetch in flight end, then close the source
+            wait([pending])
+            close = getattr(items, "close", None)
+            if close:
+                close()
 
 
 class _ChunkReader(io.RawIOBase):
@@ -82,12 +109,12 @@ class ObjectStore:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def get(self, key: str, offset: int = 0, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
-        """The object's bytes in chunks (from `offset`)."""
+        """The object's stored bytes in chunks (from `offset`), each read straight from the socket."""
         with _unavailable():
             response = self.client.get_object(self.bucket, key, offset=offset)
         try:
             with _unavailable():
-                yield from response.stream(chunk_size)
+                yield from response.stream(chunk_size, decode_content=False)
         finally:
             response.close()
             response.release_conn()

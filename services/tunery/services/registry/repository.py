@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from tunery.services.kit.db import Database
 from tunery.services.kit.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
-from tunery.services.kit.objects import ObjectStore
+from tunery.services.kit.objects import READ_SIZE, ObjectStore
 
 _metadata = sa.MetaData()
 models = sa.Table(
@@ -519,8 +519,8 @@ class Repository:
     def put(self, key: str, chunks: Iterable[bytes], media_type: str) -> None:
         self.objects.put(key, chunks, media_type)
 
-    def read(self, key: str) -> Iterator[bytes]:
-        return self.objects.get(key)
+    def read(self, key: str, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
+        return self.objects.get(key, chunk_size=chunk_size)
 
     def size(self, key: str) -> int:
         return self.objects.size(key)

@@ -16,6 +16,7 @@ import structlog
 
 from tunery.services.kit import names
 from tunery.services.kit.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted, TuneryError
+from tunery.services.kit.objects import download_chunk_size, read_ahead
 from tunery.services.kit.settings import Settings
 from tunery.services.registry import adapter_checks
 from tunery.services.registry.adapter_checks import FileCheck, FileResult, Limits
@@ -119,6 +120,7 @@ class RegistryService:
         self.repo = repository
         self.settings = settings
         self.limits = Limits(settings.registry_max_header_bytes, settings.registry_max_json_bytes)
+        self.download_chunk = download_chunk_size(settings.max_message_bytes)
 
     # ---- models ---------------------------------------------------------------------------------------------
 
@@ -367,7 +369,7 @@ class RegistryService:
             yield entry
             digest, size = hashlib.sha256(), 0
             try:
-                for piece in self.repo.read(version.key(entry.path)):
+                for piece in read_ahead(self.repo.read(version.key(entry.path), self.download_chunk)):
                     digest.update(piece)
                     size += len(piece)
                     if size > entry.size_bytes:

@@ -218,9 +218,10 @@ class Datasets(SubApi):
                                              pb.DownloadDatasetVersionRequest(name=version.name),
                                              timeout_s=self._transport.config.timeout_s + 60
                                              + version.size_bytes / (1024 * 1024)):
-                    out.write(response.chunk)
-                    digest.update(response.chunk)
-                    done += len(response.chunk)
+                    chunk = response.chunk  # each access copies the bytes out of the message
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
                     if progress:
                         progress(done, version.size_bytes)
             if done != version.size_bytes or digest.hexdigest() != version.sha256:

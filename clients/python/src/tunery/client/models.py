@@ -149,10 +149,11 @@ class Models(SubApi):
                 else:
                     if out is None:
                         raise DataLoss.digest_mismatch("the registry sent bytes before naming a file")
-                    out.write(response.chunk)
-                    digest.update(response.chunk)
-                    size += len(response.chunk)
-                    done += len(response.chunk)
+                    chunk = response.chunk  # each access copies the bytes out of the message
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    done += len(chunk)
                     if progress:
                         progress(current, done, total)
             if out:
