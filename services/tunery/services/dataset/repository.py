@@ -362,8 +362,8 @@ class Repository:
 
     # -- objects ----------------------------------------------------------------------------
 
-    def put(self, key: str, chunks: Iterable[bytes]) -> None:
-        self.objects.put(key, chunks)
+    def put(self, key: str, data: bytes) -> None:
+        self.objects.put_bytes(key, data)
 
     def read(self, key: str, offset: int = 0, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
         return self.objects.get(key, offset, chunk_size)

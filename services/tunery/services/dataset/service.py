@@ -362,17 +362,20 @@ class DatasetService:
                 pieces = incoming.segment(self.segment_bytes)
                 if writing is not None:
                     staged.append(writing.result())
+                size = sum(map(len, pieces))
                 writing = writer.submit(self._stage, session, offset, pieces)
-                offset += sum(map(len, pieces))
+                offset += size
             if writing is not None:
                 staged.append(writing.result())
         return validator.finish(), staged
 
     def _stage(self, session: UploadRow, offset: int, pieces: list[bytes]) -> PartRow:
-        """Store one segment and commit it to the session."""
+        """Store one segment (its pieces are dropped once joined) and commit it to the session."""
         key = self.repo.segment_key(session.project, session.dataset_id, session.upload_id, offset, session.attempt)
-        part = PartRow(offset, sum(map(len, pieces)), key)
-        self.repo.put(key, pieces)
+        data = b"".join(pieces)
+        pieces.clear()
+        part = PartRow(offset, len(data), key)
+        self.repo.put(key, data)
         if not self.repo.commit_segment(session, part, _now() + self.ttl):
             self.repo.remove([key])
             raise Aborted(f"upload {session.upload_id} was taken over by another stream (or expired); call "

@@ -675,8 +675,8 @@ class _SeenLines:
 
     def __init__(self, line_type: str) -> None:
         self._line_type = line_type  # "I" while line numbers fit 32 bits
-        self._keys = array("q", bytes(8 * 1024))  # 0 marks a free slot
-        self._lines = array(line_type, bytes(1024 * array(line_type).itemsize))
+        self._keys = array("q", [0]) * 1024  # 0 marks a free slot
+        self._lines = array(line_type, [0]) * 1024
         self._used = 0
 
     def first(self, key: int, line: int) -> int:
@@ -698,8 +698,8 @@ class _SeenLines:
     def _grow(self) -> None:
         entries = zip(self._keys, self._lines)
         size = 2 * len(self._keys)
-        self._keys = array("q", bytes(8 * size))
-        self._lines = array(self._line_type, bytes(size * self._lines.itemsize))
+        self._keys = array("q", [0]) * size
+        self._lines = array(self._line_type, [0]) * size
         self._used = 0
         for key, line in entries:
             if key:
