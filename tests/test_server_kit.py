@@ -8,6 +8,7 @@ import threading
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -15,6 +16,7 @@ from grpc_status import rpc_status
 from service_fixtures import wait_until
 from tunery.services.kit import auth, errors, logs
 from tunery.services.kit.db import Database
+from tunery.services.kit.interceptor import as_domain_error
 from tunery.services.kit.paging import PageTokens, page_size
 from tunery.services.kit.seaweed import SeaweedS3
 from tunery.services.kit.server import Service
@@ -209,6 +211,38 @@ def test_api_keys_on_sqlite_and_postgresql(database_url):
     assert keys.revoke(created.key_id).revoked_at is not None
     with pytest.raises(errors.Unauthenticated):
         keys.authenticate(created.secret)
+    db.dispose()
+
+
+def test_database_first_reads_what_a_transaction_reads_on_sqlite_and_postgresql(database_url):
+    """Database.first skips SQLAlchemy's Connection and Result: same values and types, and its errors."""
+    db = Database(database_url)
+    table = sa.Table("kit_first", sa.MetaData(), sa.Column("id", sa.String(16), primary_key=True),
+                     sa.Column("flag", sa.Boolean, nullable=False), sa.Column("blob", sa.LargeBinary),
+                     sa.Column("big", sa.BigInteger), sa.Column("note", sa.String(40)))
+    by_id = sa.select(table).where(table.c.id == sa.bindparam("id"))
+    with pytest.raises(sa.exc.DBAPIError):  # no table yet: a SQLAlchemy error, as any other read raises
+        db.first(by_id, {"id": "a"})
+    with db.write() as conn:
+        table.create(conn)
+        conn.execute(table.insert(), [{"id": "a", "flag": True, "blob": b"\x00\xff", "big": 2**62, "note": None},
+                                      {"id": "b", "flag": False, "blob": None, "big": None, "note": "n"}])
+    for key in ("a", "b"):
+        with db.read() as conn:
+            expected = dict(conn.execute(by_id, {"id": key}).one()._mapping)
+        got = db.first(by_id, {"id": key})
+        assert got == expected and [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+    assert db.first(by_id, {"id": "missing"}) is None
+    assert db.first(by_id, {"id": "a"}) == db.first(by_id, {"id": "a"})  # compiled once, reused
+    db.dispose()
+
+
+def test_database_first_on_an_unreachable_database_is_unavailable():
+    db = Database("postgresql+psycopg://postgres@127.0.0.1:1/test")  # nothing listens on port 1
+    table = sa.Table("kit_first", sa.MetaData(), sa.Column("id", sa.String(16), primary_key=True))
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        db.first(sa.select(table).where(table.c.id == sa.bindparam("id")), {"id": "a"})
+    assert isinstance(as_domain_error(caught.value), errors.Unavailable)
     db.dispose()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -112,8 +112,8 @@ def _parse(kind, raw: bytes | None):
     return message
 
 
-def _job(row) -> Job:
-    values = dict(row._mapping)
+def _job(row: Mapping) -> Job:
+    values = dict(row)
     values["spec"] = _parse(pb.TrainingJobSpec, values["spec"])
     values["plan"] = _parse(pb.TrainingPlan, values["plan"])
     values["progress"] = _parse(pb.TrainingProgress, values["progress"])
@@ -163,7 +163,7 @@ class Repository:
 
     def _by_request(self, conn: Connection, project: str, request_id: str) -> Job | None:
         row = conn.execute(sa.select(jobs).where(jobs.c.project == project, jobs.c.request_id == request_id)).first()
-        return _job(row) if row else None
+        return _job(row._mapping) if row else None
 
     def get_job(self, job_id: str) -> Job | None:
         row = self.db.first(_JOB_BY_ID, {"job_id": job_id})
@@ -183,13 +183,13 @@ class Repository:
                                        sa.and_(jobs.c.create_us == after[0], jobs.c.job_id < after[1])))
         query = query.order_by(jobs.c.create_us.desc(), jobs.c.job_id.desc()).limit(limit)
         with self.db.read() as conn:
-            return [_job(row) for row in conn.execute(query)]
+            return [_job(row._mapping) for row in conn.execute(query)]
 
     def jobs_in_state(self, *states: str) -> list[Job]:
         """Every job in these states, oldest first (the scheduler's queue order)."""
         query = sa.select(jobs).where(jobs.c.state.in_(states)).order_by(jobs.c.create_us, jobs.c.job_id)
         with self.db.read() as conn:
-            return [_job(row) for row in conn.execute(query)]
+            return [_job(row._mapping) for row in conn.execute(query)]
 
     def transition(self, job_id: str, from_states: Iterable[str], to: str, message: str, *,
                    error: pb.TrainingError | None = None, attempt: int | None = None, **values: object) -> Job | None:
@@ -245,7 +245,7 @@ class Repository:
 
     def _lock(self, conn: Connection, job_id: str) -> Job | None:
         row = conn.execute(sa.select(jobs).where(jobs.c.job_id == job_id).with_for_update()).first()
-        return _job(row) if row else None
+        return _job(row._mapping) if row else None
 
     @staticmethod
     def _append(conn: Connection, job_id: str, last_seq: int, event: pb.TrainingJobEvent) -> int:
