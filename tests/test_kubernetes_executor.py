@@ -49,8 +49,9 @@ def spec(processes: int = 0) -> pb.TrainingJobSpec:
 
 
 def job_of(job_id: str, attempt: int, processes: int = 0) -> Job:
-    return Job(job_id=job_id, project="alpha", request_id=None, state="RUNNING", spec=spec(processes), plan=None,
-               progress=None, error=None, training_version="projects/alpha/datasets/chat/versions/0123456789abcdef",
+    return Job(job_id=job_id, project="alpha", request_id=None, state="RUNNING",
+               spec_bytes=spec(processes).SerializeToString(), plan_bytes=None, progress_bytes=None, error_bytes=None,
+               training_version="projects/alpha/datasets/chat/versions/0123456789abcdef",
                validation_version=None, cancel_requested=False, attempt_count=attempt, failure_count=0, lost_steps=0,
                worker_pid=None, model_version=None, last_seq=3, create_us=1, start_us=1, end_us=None)
 

@@ -29,6 +29,7 @@ from tunery.services.kit.db import Database
 from tunery.services.kit.errors import ResourceExhausted
 from tunery.services.trainer import base_models, executors
 from tunery.services.trainer.repository import Repository
+from tunery.services.trainer.service import job_proto
 from tunery.services.trainer.servicer import MIGRATIONS
 from tunery.trainer.v1 import trainer_pb2 as pb
 from tunery.trainer.v1 import trainer_pb2_grpc
@@ -216,6 +217,34 @@ def test_repository_numbers_events_consecutively_and_ignores_stale_attempts(data
         S.TRAINING_JOB_STATE_VALIDATING, S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_RUNNING,
         S.TRAINING_JOB_STATE_SUCCEEDED]
     assert [e.seq for e in repo.list_events(job.job_id, 40, 2)] == [41, 42]
+    db.dispose()
+
+
+
+def test_job_proto_merges_the_stored_bytes_into_what_the_parsed_job_says(database_url):
+    db = Database(database_url)
+    db.migrate("trainer", MIGRATIONS)
+    repo = Repository(db)
+    spec = tiny_spec(f"{PARENT}/datasets/chat")
+    job, _ = repo.create_job(job_id="job-0123456789ab", project="alpha", request_id=None, spec=spec,
+                             training_version=f"{PARENT}/datasets/chat/versions/0123456789abcdef",
+                             validation_version=None, quota=0)
+    plan = pb.TrainingPlan(training_example_count=12)
+    repo.update_job(job.job_id, plan=plan, progress=pb.TrainingProgress(step=3, loss=1.5),
+                    start_us=1_700_000_000_123_456)
+    error = pb.TrainingError(code="worker_failed", message="exited with code -9")
+    repo.transition(job.job_id, ("VALIDATING",), "FAILED", "failed", error=error)
+    got = repo.get_job(job.job_id)  # Database.first
+    assert got == repo.list_jobs("alpha", state=None, dataset_version=None, after=None, limit=1)[0]  # a transaction
+    assert got.spec == spec and got.plan == plan and got.error == error and got.cancel_requested is False
+    expected = pb.TrainingJob(name=got.name, spec=got.spec, state=S.TRAINING_JOB_STATE_FAILED, plan=got.plan,
+                              progress=got.progress, error=got.error, attempt_count=0)
+    expected.create_time.FromMicroseconds(got.create_us)
+    expected.start_time.FromMicroseconds(got.start_us)
+    expected.end_time.FromMicroseconds(got.end_us)
+    assert job_proto(got) == expected
+    response = pb.GetTrainingJobResponse()
+    assert job_proto(got, response.training_job) is response.training_job and response.training_job == expected
     db.dispose()
 
 

@@ -444,13 +444,23 @@ def state_value(state: str) -> int:
     return pb.TrainingJobState.Value(f"TRAINING_JOB_STATE_{state}")
 
 
-def job_proto(job: Job) -> pb.TrainingJob:
-    message = pb.TrainingJob(name=job.name, spec=job.spec, state=state_value(job.state), plan=job.plan,
-                             progress=job.progress, cancel_requested=job.cancel_requested,
-                             attempt_count=job.attempt_count, lost_steps=job.lost_steps,
-                             model_version=job.model_version or "")
-    if job.error is not None and job.state == "FAILED":
-        message.error.CopyFrom(job.error)
+def job_proto(job: Job, message: pb.TrainingJob | None = None) -> pb.TrainingJob:
+    """The job as its proto (filled into `message` when given, e.g. a response's field, to skip a copy)."""
+    message = pb.TrainingJob() if message is None else message
+    message.name = job.name
+    message.state = state_value(job.state)
+    # The stored bytes are merged in directly: parsing them into messages first and copying those cost more.
+    message.spec.MergeFromString(job.spec_bytes)
+    if job.plan_bytes is not None:
+        message.plan.MergeFromString(job.plan_bytes)
+    if job.progress_bytes is not None:
+        message.progress.MergeFromString(job.progress_bytes)
+    if job.error_bytes is not None and job.state == "FAILED":
+        message.error.MergeFromString(job.error_bytes)
+    message.cancel_requested = job.cancel_requested
+    message.attempt_count = job.attempt_count
+    message.lost_steps = job.lost_steps
+    message.model_version = job.model_version or ""
     message.create_time.FromMicroseconds(job.create_us)
     if job.start_us:
         message.start_time.FromMicroseconds(job.start_us)

@@ -29,7 +29,9 @@ class TrainerServicer:
         return pb.PlanTrainingJobResponse(plan=self.service.plan(request.parent, request.spec))
 
     def GetTrainingJob(self, request: pb.GetTrainingJobRequest, context) -> pb.GetTrainingJobResponse:
-        return pb.GetTrainingJobResponse(training_job=job_proto(self.service.get(request.name)))
+        response = pb.GetTrainingJobResponse()
+        job_proto(self.service.get(request.name), response.training_job)
+        return response
 
     def ListTrainingJobs(self, request: pb.ListTrainingJobsRequest, context) -> pb.ListTrainingJobsResponse:
         jobs, token = self.service.list(request.parent, request.page_size, request.page_token, request.state,
