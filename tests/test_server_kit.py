@@ -9,6 +9,7 @@ import threading
 import grpc
 import pytest
 import sqlalchemy as sa
+import structlog
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -120,6 +121,23 @@ def test_unexpected_exception_is_internal_with_generic_message_and_traceback_onl
     crash = next(line for line in lines if line["event"] == "rpc.internal_error")
     assert crash["request_id"] == "req-crash-1" and "secret internal detail" in crash["exception"]
     assert key not in stream.getvalue()
+
+
+def test_loggers_cached_on_first_use_follow_a_later_configure():
+    log = structlog.get_logger("tunery.test")
+    log.info("before.configure")  # caches this logger
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        logs.configure("json", "warning", first)
+        log.info("dropped")
+        log.warning("kept", n=1)
+        logs.configure("json", "info", second)
+        log.info("now.kept")
+    finally:
+        logs.configure()
+    [kept] = [json.loads(line) for line in first.getvalue().splitlines()]
+    assert kept["event"] == "kept" and kept["level"] == "warning" and kept["n"] == 1 and "timestamp" in kept
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["now.kept"]
 
 
 def test_request_id_is_echoed_or_generated(probe):

@@ -100,26 +100,30 @@ class ServerInterceptor(grpc.ServerInterceptor):
         context.send_initial_metadata((("x-request-id", request_id),))
         started = time.perf_counter()
         code = "OK"
+        public = method.startswith(PUBLIC_PREFIXES)
         token = None
-        with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=method):
-            try:
-                if not method.startswith(PUBLIC_PREFIXES):
-                    token = auth.set_principal(self._authenticate(values.get("authorization", "")))
-                yield
-            except Exception as error:  # noqa: BLE001 - every failure leaves here as a status
-                domain = as_domain_error(error)
-                if domain is None:
-                    log.exception("rpc.internal_error")
-                    domain = TuneryError("internal error; the server logs hold the details (request id "
-                                         f"{request_id})")
-                code = domain.code.name
-                context.abort_with_status(rpc_status.to_status(status_of(domain)))
-            finally:
-                if token is not None:
-                    auth.set_principal(None)
-                    structlog.contextvars.unbind_contextvars("key_id")
-                if not method.startswith(PUBLIC_PREFIXES):
-                    log.info("rpc.finished", code=code, duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        # Bound and unbound directly: bound_contextvars would also save and restore earlier values, and a
+        # handler thread has none.
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
+        try:
+            if not public:
+                token = auth.set_principal(self._authenticate(values.get("authorization", "")))
+            yield
+        except Exception as error:  # noqa: BLE001 - every failure leaves here as a status
+            domain = as_domain_error(error)
+            if domain is None:
+                log.exception("rpc.internal_error")
+                domain = TuneryError("internal error; the server logs hold the details (request id "
+                                     f"{request_id})")
+            code = domain.code.name
+            context.abort_with_status(rpc_status.to_status(status_of(domain)))
+        finally:
+            if token is not None:
+                auth.set_principal(None)
+                structlog.contextvars.unbind_contextvars("key_id")
+            if not public:
+                log.info("rpc.finished", code=code, duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
     def _authenticate(self, header: str) -> auth.Principal:
         if not header:
