@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -63,8 +63,11 @@ checkpoints = sa.Table(
     sa.Column("checkpoint", sa.LargeBinary, nullable=False),
 )
 
+# A job's columns under the names of Job's fields: the protos are selected as their stored *_bytes.
+_JOB_COLUMNS = [column.label(f"{column.name}_bytes") if column.name in ("spec", "plan", "progress", "error")
+                else column for column in jobs.c]
 # Built once: the hottest read (GetTrainingJob) skips building and cache-keying a statement per call.
-_JOB_BY_ID = sa.select(jobs).where(jobs.c.job_id == sa.bindparam("job_id"))
+_JOB_BY_ID = sa.select(*_JOB_COLUMNS).where(jobs.c.job_id == sa.bindparam("job_id"))
 
 
 def now_us() -> int:
@@ -131,13 +134,6 @@ def _parse(kind, raw: bytes | None):
     return message
 
 
-def _job(row: Mapping) -> Job:
-    values = dict(row)
-    for proto in ("spec", "plan", "progress", "error"):
-        values[f"{proto}_bytes"] = values.pop(proto)
-    return Job(**values)
-
-
 def _state_event(previous: str, state: str, message: str, error: pb.TrainingError | None) -> pb.TrainingJobEvent:
     return pb.TrainingJobEvent(state_changed=pb.StateChangedEvent(
         previous_state=pb.TrainingJobState.Value(f"TRAINING_JOB_STATE_{previous}") if previous else 0,
@@ -179,17 +175,18 @@ class Repository:
             return self._lock(conn, job_id), True
 
     def _by_request(self, conn: Connection, project: str, request_id: str) -> Job | None:
-        row = conn.execute(sa.select(jobs).where(jobs.c.project == project, jobs.c.request_id == request_id)).first()
-        return _job(row._mapping) if row else None
+        row = conn.execute(sa.select(*_JOB_COLUMNS).where(jobs.c.project == project,
+                                                          jobs.c.request_id == request_id)).first()
+        return Job(**row._mapping) if row else None
 
     def get_job(self, job_id: str) -> Job | None:
         row = self.db.first(_JOB_BY_ID, {"job_id": job_id})
-        return _job(row) if row else None
+        return Job(**row) if row else None
 
     def list_jobs(self, project: str, *, state: str | None, dataset_version: str | None,
                   after: tuple[int, str] | None, limit: int) -> list[Job]:
         """Newest first; `after` is the (create_us, job_id) of the last job of the previous page."""
-        query = sa.select(jobs).where(jobs.c.project == project)
+        query = sa.select(*_JOB_COLUMNS).where(jobs.c.project == project)
         if state:
             query = query.where(jobs.c.state == state)
         if dataset_version:
@@ -200,13 +197,14 @@ class Repository:
                                        sa.and_(jobs.c.create_us == after[0], jobs.c.job_id < after[1])))
         query = query.order_by(jobs.c.create_us.desc(), jobs.c.job_id.desc()).limit(limit)
         with self.db.read() as conn:
-            return [_job(row._mapping) for row in conn.execute(query)]
+            return [Job(**row._mapping) for row in conn.execute(query)]
 
     def jobs_in_state(self, *states: str) -> list[Job]:
         """Every job in these states, oldest first (the scheduler's queue order)."""
-        query = sa.select(jobs).where(jobs.c.state.in_(states)).order_by(jobs.c.create_us, jobs.c.job_id)
+        query = (sa.select(*_JOB_COLUMNS).where(jobs.c.state.in_(states))
+                 .order_by(jobs.c.create_us, jobs.c.job_id))
         with self.db.read() as conn:
-            return [_job(row._mapping) for row in conn.execute(query)]
+            return [Job(**row._mapping) for row in conn.execute(query)]
 
     def transition(self, job_id: str, from_states: Iterable[str], to: str, message: str, *,
                    error: pb.TrainingError | None = None, attempt: int | None = None, **values: object) -> Job | None:
@@ -261,8 +259,8 @@ class Repository:
             return [_parse(pb.TrainingJobEvent, raw) for raw in conn.execute(query).scalars()]
 
     def _lock(self, conn: Connection, job_id: str) -> Job | None:
-        row = conn.execute(sa.select(jobs).where(jobs.c.job_id == job_id).with_for_update()).first()
-        return _job(row._mapping) if row else None
+        row = conn.execute(sa.select(*_JOB_COLUMNS).where(jobs.c.job_id == job_id).with_for_update()).first()
+        return Job(**row._mapping) if row else None
 
     @staticmethod
     def _append(conn: Connection, job_id: str, last_seq: int, event: pb.TrainingJobEvent) -> int:
