@@ -28,13 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunery.services.trainer import recipe  # first: it sets the worker's OpenMP spin before torch loads
+
 import torch
 import torch.nn.functional as F
 
 from tunery.services.kit.settings import Settings
 from tunery.services.trainer import base_models, data
 from tunery.services.trainer import hyperparameters as hyper
-from tunery.services.trainer import recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The tiny random-init model needs a larger rate than the LoRA default to move in ten steps (as in the tests).

@@ -363,6 +363,16 @@ def test_two_process_torchrun_matches_one_process(tiny_dir, tmp_path):
     assert max_diff(adapter_tensors(ranks[0]["second"]["adapter"]), adapter_tensors(reference.adapter_dir)) < 1e-4
 
 
+def test_trainer_worker_loads_torch_with_a_short_openmp_spin():
+    """The worker's torch thread pool must see the recipe's GOMP_SPINCOUNT: libgomp reads it once, when
+    torch first loads, so a torch import ahead of the recipe's would silently bring back the long spin."""
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    proc = subprocess.run([sys.executable, "-c", "import tunery.services.trainer.worker"],
+                          env={**env, "OMP_DISPLAY_ENV": "verbose"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "GOMP_SPINCOUNT = '1000'" in proc.stderr
+
+
 @pytest.mark.slow
 def test_smollm2_adapter_beats_the_base_model_on_held_out_chat(tmp_path_factory, tmp_path):
     """The issue's bar: 60 chat examples fine-tune SmolLM2-135M-Instruct to a lower held-out loss."""

@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# torch's CPU thread pool (libgomp) spins ~300k iterations at each of the ~10k barriers of a SmolLM2 step
+# before it sleeps. When another process holds a core, the thread that got there first spins on its own
+# core while its partner waits for one: steps ran 3-15x slower under load. A short spin costs nothing
+# measurable on a quiet machine. libgomp reads this once, when torch loads: set here, before the first
+# torch import of a trainer worker (worker.py imports this module first; test_recipe checks it).
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
