@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from tunery.services.kit.seaweed import free_port
 from tunery.services.kit.server import Service
 from tunery.services.kit.settings import Settings
+from tunery.trainer.v1 import trainer_pb2
 
 SERVICER_MODULES = {"dataset": "tunery.services.dataset.servicer", "trainer": "tunery.services.trainer.servicer",
                     "registry": "tunery.services.registry.servicer"}
@@ -136,3 +137,19 @@ def child_processes(parent: int) -> dict[int, bytes]:
         if int(ppid) == parent and state != "Z":
             found[int(stat.parent.name)] = cmdline
     return found
+
+
+def watch_events(jobs, md, name: str, after_seq: int = 0,
+                 until: Callable[[trainer_pb2.TrainingJobEvent], bool] = lambda e: False,
+                 timeout: float = 300) -> list[trainer_pb2.TrainingJobEvent]:
+    """A training job's events after `after_seq` until `until` holds (the stream is then dropped) or the
+    stream ends (after the job's terminal event)."""
+    seen = []
+    stream = jobs.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest(name=name, after_seq=after_seq),
+                                   metadata=md, timeout=timeout)
+    for message in stream:
+        seen.append(message.event)
+        if until(message.event):
+            stream.cancel()
+            break
+    return seen

@@ -28,7 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from safetensors.numpy import save as save_safetensors
 
-from service_fixtures import child_processes, fails, running, running_stack, wait_until
+from service_fixtures import child_processes, fails, running, running_stack, wait_until, watch_events
 from tunery.dataset.v1 import dataset_pb2 as dpb
 from tunery.dataset.v1 import dataset_pb2_grpc
 from tunery.registry.v1 import registry_pb2 as rpb
@@ -437,19 +437,6 @@ def upload_dataset(channel: grpc.Channel, md, dataset_id: str, data: bytes) -> d
     return stub.UploadDatasetVersion(upload_requests(dataset, data), metadata=md, timeout=60).dataset_version
 
 
-def watch(jobs: trainer_pb2_grpc.TrainerServiceStub, md, name: str,
-          until: Callable[[tpb.TrainingJobEvent], bool] = lambda e: False) -> list[tpb.TrainingJobEvent]:
-    """The job's events until `until` holds or the job ends (the stream ends after its terminal event)."""
-    seen = []
-    stream = jobs.WatchTrainingJob(tpb.WatchTrainingJobRequest(name=name), metadata=md, timeout=300)
-    for message in stream:
-        seen.append(message.event)
-        if until(message.event):
-            stream.cancel()
-            break
-    return seen
-
-
 def checkpoint_at_least(step: int) -> Callable[[tpb.TrainingJobEvent], bool]:
     return lambda e: e.WhichOneof("event") == "checkpoint_saved" and e.checkpoint_saved.checkpoint.step >= step
 
@@ -491,7 +478,7 @@ def test_kill_9_of_the_trainer_service_loses_no_job_and_runs_none_twice(settings
                 parent=PARENT, spec=tiny_spec(version.name, epochs=1, checkpoint_every=0, model="short")),
                 metadata=md, timeout=60).training_job
             job_ids += [endless.name.rsplit("/", 1)[1], short.name.rsplit("/", 1)[1]]
-            watch(jobs, md, endless.name, until=checkpoint_at_least(4))
+            watch_events(jobs, md, endless.name, until=checkpoint_at_least(4))
             worker = jobs_db.get_job(job_ids[0]).worker_pid
             standby = next(pid for pid, cmd in child_processes(first.process.pid).items() if b"--standby" in cmd)
             assert worker in child_processes(standby)  # forked by the standby worker
@@ -509,11 +496,11 @@ def test_kill_9_of_the_trainer_service_loses_no_job_and_runs_none_twice(settings
                                              timeout=30).training_job
             assert at_restart.state == tpb.TRAINING_JOB_STATE_RUNNING
             # It keeps training under the new service; then it is cancelled and the queued job gets the slot.
-            watch(jobs, md, endless.name, until=lambda e: e.WhichOneof("event") == "step_metrics"
-                  and e.step_metrics.step > at_restart.progress.step + 2)
+            watch_events(jobs, md, endless.name, until=lambda e: e.WhichOneof("event") == "step_metrics"
+                         and e.step_metrics.step > at_restart.progress.step + 2)
             jobs.CancelTrainingJob(tpb.CancelTrainingJobRequest(name=endless.name), metadata=md, timeout=30)
-            endless_events = watch(jobs, md, endless.name)
-            short_events = watch(jobs, md, short.name)
+            endless_events = watch_events(jobs, md, endless.name)
+            short_events = watch_events(jobs, md, short.name)
 
             endless_done, short_done = (jobs.GetTrainingJob(tpb.GetTrainingJobRequest(name=j.name), metadata=md,
                                                             timeout=30).training_job for j in (endless, short))
@@ -551,7 +538,7 @@ def test_object_store_stopped_during_training_the_worker_retries_and_registers_o
                 parent=PARENT, spec=tiny_spec(version.name, epochs=50, checkpoint_every=20)), metadata=md,
                 timeout=60).training_job
             name = job.name
-            watch(jobs, md, name, until=checkpoint_at_least(20))
+            watch_events(jobs, md, name, until=checkpoint_at_least(20))
             store.stop()
             worker_log = settings.home / "trainer" / "logs" / f"{name.rsplit('/', 1)[1]}-attempt-1.log"
 
@@ -563,7 +550,7 @@ def test_object_store_stopped_during_training_the_worker_retries_and_registers_o
 
             wait_until(retried, "the worker to retry its checkpoint upload", 120)
             store.start()  # same port, same data
-            events = watch(jobs, md, name)
+            events = watch_events(jobs, md, name)
             done = jobs.GetTrainingJob(tpb.GetTrainingJobRequest(name=name), metadata=md, timeout=30).training_job
             assert done.state == tpb.TRAINING_JOB_STATE_SUCCEEDED, done.error
             assert done.attempt_count == 1 and steps_of(events) == list(range(1, 201))  # retried, not restarted

@@ -22,7 +22,7 @@ from peft import PeftModel
 from safetensors.torch import load as load_safetensors
 from transformers import AutoModelForCausalLM
 
-from service_fixtures import Running, child_processes, fails, running, wait_until
+from service_fixtures import Running, child_processes, fails, running, wait_until, watch_events
 from tunery.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from tunery.registry.v1 import registry_pb2, registry_pb2_grpc
 from tunery.services.kit.db import Database
@@ -96,16 +96,7 @@ class Stack:
 
     def watch(self, name: str, after_seq: int = 0,
               until: Callable[[pb.TrainingJobEvent], bool] = lambda e: False) -> list[pb.TrainingJobEvent]:
-        """Events after `after_seq` until `until` holds (the stream is then dropped) or the stream ends."""
-        seen = []
-        stream = self.jobs.WatchTrainingJob(pb.WatchTrainingJobRequest(name=name, after_seq=after_seq),
-                                            metadata=self.md, timeout=TIMEOUT)
-        for message in stream:
-            seen.append(message.event)
-            if until(message.event):
-                stream.cancel()
-                break
-        return seen
+        return watch_events(self.jobs, self.md, name, after_seq, until, TIMEOUT)
 
 
 def state_is(*states: int) -> Callable[[pb.TrainingJobEvent], bool]:
