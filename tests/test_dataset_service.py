@@ -20,7 +20,9 @@ from tunery.dataset.v1 import dataset_pb2 as pb
 from tunery.dataset.v1 import dataset_pb2_grpc
 from tunery.services.dataset.peers import TrainerPeer
 from tunery.services.dataset.repository import Repository
-from tunery.services.dataset.service import DatasetService
+from tunery.services.dataset.service import DatasetService, UploadHeader
+from tunery.services.kit.auth import Principal, set_principal
+from tunery.services.kit.errors import Cancelled
 from tunery.services.kit.seaweed import SeaweedS3, free_port
 from tunery.services.kit.settings import Settings
 from tunery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -360,6 +362,41 @@ def test_broken_upload_resumes_from_the_committed_offset(settings):
         assert client.objects(dataset) == [response.dataset_version.content.key]
         with fails(grpc.StatusCode.NOT_FOUND, "DATASET_UPLOAD_NOT_FOUND"):
             client.GetDatasetUpload(pb.GetDatasetUploadRequest(name=f"{dataset}/uploads/{abandoned}"))
+
+
+def test_a_cut_stream_that_looked_complete_commits_only_whole_segments(settings):
+    """gRPC can end a cancelled call's request stream as if the client had finished; the cut shows only a
+    moment later. The short tail received before the cut must not be committed: a short part in the middle
+    of the file could never be composed, and the resumed upload would fail."""
+    segment = 5 * MiB
+    settings = settings.replace(dataset_upload_segment_bytes=segment)
+    data = _big_file(12 * MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    with running("dataset", settings) as run:
+        client = Client(run)
+        dataset = client.dataset()
+        request_id = str(uuid.uuid4())
+        runtime = run.service.runtime
+        service = DatasetService(runtime.settings, Repository(runtime.db, runtime.objects), runtime.page_tokens,
+                                 TrainerPeer(runtime.settings))
+
+        def cut() -> None:
+            raise Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN")
+        set_principal(Principal("cut-test", "alpha"))  # what the auth interceptor does for a call
+        try:
+            with pytest.raises(Cancelled):
+                service.upload(UploadHeader(dataset=dataset, request_id=request_id, expected_sha256=sha),
+                               (data[i:i + MiB] for i in range(0, 7 * MiB, MiB)), cut)
+        finally:
+            set_principal(None)
+        name = f"{dataset}/uploads/{request_id}"
+        assert client.GetDatasetUpload(pb.GetDatasetUploadRequest(name=name)).upload.committed_bytes == segment
+
+        response = client.upload(dataset, data[segment:], request_id=request_id, offset=segment,
+                                 expected_sha256=sha)
+        assert response.created and response.dataset_version.sha256 == sha
+        assert client.objects(dataset) == [response.dataset_version.content.key]  # the stored tail removed too
+        assert hashlib.sha256(client.download(response.dataset_version.name)).hexdigest() == sha
 
 
 def test_object_store_down_mid_upload_is_unavailable_and_the_same_upload_succeeds_later(settings, tmp_path):

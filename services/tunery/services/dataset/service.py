@@ -335,7 +335,7 @@ class DatasetService:
     def _receive(self, session: UploadRow, committed: list[PartRow],
                  chunks: Iterator[bytes]) -> tuple[Report, list[PartRow]]:
         """Feed committed segments (read back from the store, not resent) and then the new bytes through one
-        validator, storing the new bytes segment by segment and committing each; returns the report."""
+        validator, storing the new bytes segment by segment and committing each full one; returns the report."""
         validator = Validator(self.limits, session.format or None)
         quota = self.settings.quota_stored_bytes
         used = self.repo.stored_bytes(session.project) if quota else 0
@@ -363,20 +363,23 @@ class DatasetService:
                 if writing is not None:
                     staged.append(writing.result())
                 size = sum(map(len, pieces))
-                writing = writer.submit(self._stage, session, offset, pieces)
+                # A short segment ends the stream. It is stored but committed only by the version it
+                # completes: a cut stream can look ended, and a short part mid-file would make the
+                # session's segments impossible to compose (S3 wants 5 MiB for every part but the last).
+                writing = writer.submit(self._stage, session, offset, pieces, size == self.segment_bytes)
                 offset += size
             if writing is not None:
                 staged.append(writing.result())
         return validator.finish(), staged
 
-    def _stage(self, session: UploadRow, offset: int, pieces: list[bytes]) -> PartRow:
-        """Store one segment (its pieces are dropped once joined) and commit it to the session."""
+    def _stage(self, session: UploadRow, offset: int, pieces: list[bytes], commit: bool) -> PartRow:
+        """Store one segment (its pieces are dropped once joined) and, with `commit`, commit it to the session."""
         key = self.repo.segment_key(session.project, session.dataset_id, session.upload_id, offset, session.attempt)
         data = b"".join(pieces)
         pieces.clear()
         part = PartRow(offset, len(data), key)
         self.repo.put(key, data)
-        if not self.repo.commit_segment(session, part, _now() + self.ttl):
+        if commit and not self.repo.commit_segment(session, part, _now() + self.ttl):
             self.repo.remove([key])
             raise Aborted(f"upload {session.upload_id} was taken over by another stream (or expired); call "
                           "GetDatasetUpload and resume from its committed_bytes", "UPLOAD_CONFLICT")
