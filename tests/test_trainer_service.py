@@ -443,6 +443,17 @@ def test_without_its_standby_the_service_starts_workers_as_new_processes(stack):
     assert state_is(S.TRAINING_JOB_STATE_SUCCEEDED)(stack.watch(job.name)[-1]), stack.get(job.name).error
 
 
+def test_a_hung_standby_is_ended_and_the_worker_starts_as_a_new_process(settings, model_cache):
+    with stack_of(settings.replace(trainer_standby_fork_timeout_s=3.0), model_cache) as stack:
+        standby = wait_until(standby_worker, "the standby worker to start", 60)
+        os.kill(standby, signal.SIGSTOP)  # alive, but answers nothing
+        stack.upload("chat", chat_examples(8))
+        job = stack.create(tiny_spec(f"{PARENT}/datasets/chat", hyperparameters__epochs=1))
+        assert state_is(S.TRAINING_JOB_STATE_SUCCEEDED)(stack.watch(job.name)[-1]), stack.get(job.name).error
+        assert not Path(f"/proc/{standby}").exists()  # killed and reaped, not left stopped
+        assert stack.repo.get_job(job.name.rsplit("/", 1)[1]).attempt_count == 1  # no attempt was lost
+
+
 def test_two_processes_train_under_torchrun(stack):
     stack.upload("chat", chat_examples(16))
     job = stack.create(tiny_spec(f"{PARENT}/datasets/chat", num_processes=2))

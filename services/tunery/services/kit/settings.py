@@ -77,6 +77,9 @@ class Settings:
     trainer_stop_timeout_s: float = 60.0
     # Local executor: a standby process, started with the service, imports torch & co. once and forks workers.
     trainer_standby_worker: bool = True
+    # Seconds a job waits for the standby to fork its worker; past that the standby is ended (it hangs) and
+    # workers start as new processes.
+    trainer_standby_fork_timeout_s: float = 120.0
     # Seconds between database polls of the scheduler and of WatchTrainingJob streams.
     trainer_poll_interval_s: float = 0.25
     # Where workers run: "local" (processes of this machine) or "kubernetes" (one batch/v1 Job per attempt).

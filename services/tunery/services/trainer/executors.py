@@ -118,6 +118,7 @@ class Standby:
 
     def __init__(self, settings: Settings, on_exit: Callable[[], None]) -> None:
         self.on_exit = on_exit
+        self.fork_timeout_s = settings.trainer_standby_fork_timeout_s
         self.exit_codes: dict[int, int] = {}
         self._forked: queue.Queue[int | None] = queue.Queue()
         with open(_log_dir(settings) / "standby.log", "ab") as out:
@@ -127,15 +128,21 @@ class Standby:
         threading.Thread(target=self._read, name="trainer-standby", daemon=True).start()
 
     def fork(self, job: Job, log_path: Path) -> int | None:
-        """The pid of a worker forked for the job's current attempt; None when the standby has ended (a worker
-        it may have forked without reporting it never starts training)."""
+        """The pid of a worker forked for the job's current attempt; None when the standby has ended or is
+        ended now because it did not answer in time (a worker it may have forked without reporting it never
+        starts training)."""
         try:
             self.process.stdin.write(json.dumps({"job": job.job_id, "attempt": job.attempt_count,
                                                  "log": str(log_path)}).encode() + b"\n")
             self.process.stdin.flush()
         except OSError:  # it has ended: its log says why
             return None
-        return self._forked.get()  # waits while it is still importing
+        try:
+            return self._forked.get(timeout=self.fork_timeout_s)  # waits while it is still importing
+        except queue.Empty:
+            log.warning("worker.standby_hung", job=job.job_id, pid=self.process.pid, timeout_s=self.fork_timeout_s)
+            self.stop()
+            return None
 
     def _read(self) -> None:
         for line in self.process.stdout:
