@@ -363,6 +363,40 @@ def test_two_process_torchrun_matches_one_process(tiny_dir, tmp_path):
     assert max_diff(adapter_tensors(ranks[0]["second"]["adapter"]), adapter_tensors(reference.adapter_dir)) < 1e-4
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_layers_train_like_peft_ones(tiny_dir, dropout):
+    """CPU fp32 training runs each LoRA Linear as one autograd node (recipe.use_fused_lora): same loss and
+    gradients as PEFT's own modules, with the same dropout masks drawn from the same random stream."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                           LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=["q_proj", "down_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero, which would hide mistakes in the branch
+            torch.nn.init.normal_(p, std=0.02)
+    r.use_fast_dropout(model)
+    fused = __import__("copy").deepcopy(model)
+    r.use_fused_lora(fused)
+    layers = [m for m in fused.modules() if hasattr(m, "lora_A")]
+    assert layers and all("forward" in vars(m) for m in layers)  # every LoRA layer takes the fused path
+    ids = torch.randint(0, model.config.vocab_size, (2, 33))
+    grads = []
+    for m in (model, fused):
+        m.train()
+        torch.manual_seed(7)
+        loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}))
+    (loss, expected), (fused_loss, got) = grads
+    assert fused_loss == pytest.approx(loss, rel=1e-6)
+    assert expected.keys() == got.keys()
+    for name, grad in expected.items():
+        assert torch.allclose(got[name], grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item()), name
+    with torch.no_grad():  # evaluation and generation take PEFT's own forward
+        fused.eval(), model.eval()
+        assert torch.equal(fused(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
 def test_trainer_worker_loads_torch_with_a_short_openmp_spin():
     """The worker's torch thread pool must see the recipe's GOMP_SPINCOUNT: libgomp reads it once, when
     torch first loads, so a torch import ahead of the recipe's would silently bring back the long spin."""

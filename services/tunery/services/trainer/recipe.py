@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
 from safetensors.torch import load_file, save_file
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -157,6 +158,8 @@ class LoRARecipe:
         self.model.peft_config["default"].base_model_name_or_path = self.cfg.base_model_id
         if self.device.type == "cpu":
             use_fast_dropout(self.model)
+            if not self.cfg.bf16:
+                use_fused_lora(self.model)
         if self.cfg.bf16:
             self._prepare_bf16()
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -568,12 +571,16 @@ class FastDropout(torch.nn.Module):
         self.scale = 65536 / (65536 - self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask(x)
+        return x if mask is None else x * mask
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The scaled keep mask for x (None when nothing is dropped)."""
         if not self.training or self.threshold == 0:
-            return x
+            return None
         words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         samples = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform over [-32768, 32767]
-        mask = (samples >= self.threshold - 32768).to(x.dtype).mul_(self.scale)  # x's dtype: no casts in backward
-        return x * mask
+        return (samples >= self.threshold - 32768).to(x.dtype).mul_(self.scale)  # x's dtype: no casts in backward
 
 
 def use_fast_dropout(model: torch.nn.Module) -> None:
@@ -584,6 +591,58 @@ def use_fast_dropout(model: torch.nn.Module) -> None:
             for name, dropout in dropouts.items():
                 if isinstance(dropout, torch.nn.Dropout):
                     dropouts[name] = FastDropout(dropout.p)
+
+
+class _LoRALinear(torch.autograd.Function):
+    """y = x·Wᵀ + b + s·((x⊙m)·Aᵀ)·Bᵀ for a frozen W and a dropout mask m, as one autograd node. PEFT's
+    composition of modules makes ~8 nodes per LoRA layer, each with its own full-size temporaries (the
+    scaled branch output, the sum, the branch's input gradient and its add); here the branch is added
+    into the base output in place and its input gradient into the base one."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, mask, scaling):
+        dropped = x if mask is None else x * mask
+        low = dropped.reshape(-1, x.shape[-1]) @ lora_a.t()
+        y = F.linear(x, weight, bias)
+        y.view(-1, y.shape[-1]).addmm_(low, lora_b.t(), alpha=scaling)
+        ctx.save_for_backward(dropped, low, mask, weight, lora_a, lora_b)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        dropped, low, mask, weight, lora_a, lora_b = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.shape[-1])
+        grad_low = (grad2 @ lora_b).mul_(ctx.scaling)
+        grad_b = (grad2.t() @ low).mul_(ctx.scaling)
+        grad_a = grad_low.t() @ dropped.reshape(-1, dropped.shape[-1])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad2 @ weight).view(*grad.shape[:-1], weight.shape[1])
+            branch = (grad_low @ lora_a).view_as(grad_x)
+            grad_x = grad_x.add_(branch) if mask is None else grad_x.addcmul_(branch, mask)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _fused_lora_forward(layer, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """A PEFT LoRA Linear's forward through _LoRALinear while it trains with its one plain adapter."""
+    if args or kwargs or not (layer.training and torch.is_grad_enabled()) or layer.merged or layer.disable_adapters:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    (name,) = layer.active_adapters
+    base, dropout = layer.base_layer, layer.lora_dropout[name]
+    return _LoRALinear.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
+                             dropout.mask(x) if isinstance(dropout, FastDropout) else None, layer.scaling[name])
+
+
+def use_fused_lora(model: torch.nn.Module) -> None:
+    """Route the forward of every PEFT LoRA Linear (one plain adapter on a frozen torch Linear, FastDropout
+    or none) through _LoRALinear (CPU fp32 training). Same parameters, same dropout random stream, same
+    result up to float summation order."""
+    for module in model.modules():
+        if (isinstance(module, LoraLinear) and isinstance(module.base_layer, torch.nn.Linear)
+                and len(module.lora_A) == 1 and not module.lora_variant and not any(module.use_dora.values())
+                and all(isinstance(d, (FastDropout, torch.nn.Identity)) for d in module.lora_dropout.values())):
+            module.forward = _fused_lora_forward.__get__(module)
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
