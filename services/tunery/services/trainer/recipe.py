@@ -14,6 +14,8 @@ safetensors and JSON (no pickle), so a resumed run reproduces an uninterrupted o
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -126,6 +128,8 @@ class LoRARecipe:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if self._want_cuda() else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        else:
+            keep_freed_memory()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.owns_group = True
@@ -556,6 +560,17 @@ def use_segment_attention(model: torch.nn.Module) -> bool:
     except (ValueError, ImportError):
         return False
     return True
+
+
+def keep_freed_memory() -> None:
+    """Keep freed blocks up to 32 MiB in glibc's heap for reuse. A CPU step allocates and frees thousands of
+    activations of 1-10 MB; by default glibc maps blocks that size fresh (or trims them off the heap top) and
+    every reuse page-faults zeroed pages back in: a new 2.6 MB tensor cost 550 µs instead of 150 µs, and
+    SmolLM2 fp32 training runs ~4 % faster (peak RSS +3 %). Other C libraries: nothing to do."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD, at its maximum
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD (a C int): keep the heap top unless 2 GiB are free
 
 
 class FastDropout(torch.nn.Module):
