@@ -255,6 +255,14 @@ def _lora_params(model_dir: Path, hp: hyper.ResolvedHyperparameters) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: the peaks and ratios differ a lot between the machines this runs on."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny-llama only, 4 steps: a smoke test")
@@ -282,7 +290,7 @@ def main() -> None:
     # Measured again at the end, keeping the best: on a shared machine one measurement may catch a busy moment.
     peaks = {"fp32": max(peaks["fp32"], matmul_peak(torch.float32)), "bf16": max(peaks["bf16"], matmul_peak(torch.bfloat16))}
     result = {"benchmark": "train_throughput", "quick": args.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
                           "torch": torch.__version__, "load_average_before": load_before,
                           "load_average_after": os.getloadavg()},
               "matmul_peak_flops": peaks, "models": models}
