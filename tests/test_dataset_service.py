@@ -399,6 +399,41 @@ def test_a_cut_stream_that_looked_complete_commits_only_whole_segments(settings)
         assert hashlib.sha256(client.download(response.dataset_version.name)).hexdigest() == sha
 
 
+def test_a_stream_that_ends_before_the_declared_size_leaves_a_resumable_session(settings):
+    segment = 5 * MiB
+    settings = settings.replace(dataset_upload_segment_bytes=segment)
+    data = _big_file(12 * MiB)
+    with running("dataset", settings) as run:
+        client = Client(run)
+        dataset = client.dataset()
+        request_id = str(uuid.uuid4())
+        with fails(grpc.StatusCode.FAILED_PRECONDITION, "UPLOAD_INCOMPLETE") as failure:
+            client.upload(dataset, data[:7 * MiB], request_id=request_id, size_bytes=len(data))
+        assert failure[0].metadata["committed_bytes"] == str(segment)  # the short tail is not committed
+        assert f"byte {7 * MiB} of the {len(data)}" in failure[0].message
+        name = f"{dataset}/uploads/{request_id}"
+        upload = client.GetDatasetUpload(pb.GetDatasetUploadRequest(name=name)).upload
+        assert (upload.state, upload.committed_bytes) == (pb.DATASET_UPLOAD_STATE_ACTIVE, segment)
+
+        response = client.upload(dataset, data[segment:], request_id=request_id, offset=segment,
+                                 size_bytes=len(data))
+        assert response.created and response.dataset_version.size_bytes == len(data)
+        assert client.download(response.dataset_version.name) == data
+
+        # More bytes than declared is another file: rejected, nothing kept.
+        other = str(uuid.uuid4())
+        with fails(grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_SIZE_MISMATCH") as failure:
+            client.upload(dataset, OPENAI_CHAT, request_id=other, size_bytes=len(OPENAI_CHAT) - 1)
+        assert failure[0].violations == [("header.size_bytes", f"declares {len(OPENAI_CHAT) - 1} bytes but the "
+                                                               f"upload carried {len(OPENAI_CHAT)}")]
+        with fails(grpc.StatusCode.NOT_FOUND, "DATASET_UPLOAD_NOT_FOUND"):
+            client.GetDatasetUpload(pb.GetDatasetUploadRequest(name=f"{dataset}/uploads/{other}"))
+        with fails(grpc.StatusCode.INVALID_ARGUMENT) as failure:
+            client.upload(dataset, OPENAI_CHAT, size_bytes=-1)
+        assert failure[0].violations == [("header.size_bytes", "must not be negative")]
+        assert client.objects(dataset) == [response.dataset_version.content.key]
+
+
 def test_object_store_down_mid_upload_is_unavailable_and_the_same_upload_succeeds_later(settings, tmp_path):
     store = SeaweedS3(tmp_path / "own-s3").start()
     try:

@@ -52,6 +52,7 @@ class UploadHeader:
     expected_sha256: str = ""
     description: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    size_bytes: int = 0  # of the whole file; 0 = not declared
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ class DatasetService:
         try:
             report, staged = self._receive(session, committed_parts, chunks)
             check_stream()
+            self._check_size(session, report, header)
             self._check_report(report, header)
         except LimitExceeded as error:
             self._discard(session)
@@ -326,6 +328,8 @@ class DatasetService:
                                         "0f3c1d2e-7a4b-4c5d-9e6f-8a7b6c5d4e3f (it names the upload session)")
         if header.offset < 0:
             raise InvalidArgument.field("header.offset", "must not be negative")
+        if header.size_bytes < 0:
+            raise InvalidArgument.field("header.size_bytes", "must not be negative")
         if header.expected_sha256 and not SHA256.fullmatch(header.expected_sha256):
             raise InvalidArgument.field("header.expected_sha256", "must be 64 lowercase hex characters")
         check_description(header.description, "header.description")
@@ -384,6 +388,19 @@ class DatasetService:
             raise Aborted(f"upload {session.upload_id} was taken over by another stream (or expired); call "
                           "GetDatasetUpload and resume from its committed_bytes", "UPLOAD_CONFLICT")
         return part
+
+    def _check_size(self, session: UploadRow, report: Report, header: UploadHeader) -> None:
+        """Against the declared file size: fewer bytes is a stream that ended early (the session stays to
+        be resumed), more is a different file."""
+        if not header.size_bytes or report.size_bytes == header.size_bytes:
+            return
+        if report.size_bytes > header.size_bytes:
+            raise InvalidArgument.field("header.size_bytes", f"declares {header.size_bytes} bytes but the upload "
+                                        f"carried {report.size_bytes}", "UPLOAD_SIZE_MISMATCH")
+        committed = self.repo.get_upload(session.project, session.dataset_id, session.upload_id).committed_bytes
+        raise FailedPrecondition(f"upload {session.upload_id} ended at byte {report.size_bytes} of the "
+                                 f"{header.size_bytes} in header.size_bytes; resume at its committed_bytes "
+                                 f"{committed}", "UPLOAD_INCOMPLETE", committed_bytes=committed)
 
     def _check_report(self, report: Report, header: UploadHeader) -> None:
         if header.expected_sha256 and report.sha256 != header.expected_sha256:

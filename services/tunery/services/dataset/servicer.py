@@ -193,8 +193,8 @@ class DatasetServicer:
         version, created = self.service.upload(UploadHeader(
             dataset=header.dataset, request_id=header.request_id, offset=header.offset,
             format=_format(header.format, "header.format"), expected_sha256=header.expected_sha256,
-            description=header.description, labels=dict(header.labels)), _chunks(request_iterator, context),
-            lambda: _check_stream(context))
+            description=header.description, labels=dict(header.labels), size_bytes=header.size_bytes),
+            _chunks(request_iterator, context), lambda: _check_stream(context))
         return pb.UploadDatasetVersionResponse(dataset_version=version_proto(version, self.bucket), created=created)
 
     def GetDatasetUpload(self, request: pb.GetDatasetUploadRequest, context) -> pb.GetDatasetUploadResponse:

@@ -137,7 +137,7 @@ class Datasets(SubApi):
         """Upload a JSONL file as a new version of `dataset` and return it (`created` is False when the same
         bytes already formed a version).
 
-        The bytes stream in chunks with their expected sha256. When the connection breaks (UNAVAILABLE),
+        The bytes stream in chunks with the file's size and sha256. When the connection breaks (UNAVAILABLE),
         the upload resumes from the server's committed offset under the same request_id, for up to
         `give_up_after_s` seconds. Passing the request_id of an earlier, broken upload resumes that one.
         With `create_dataset`, a missing dataset is created first."""
@@ -154,7 +154,7 @@ class Datasets(SubApi):
         request_id = request_id or new_request_id()
         header = pb.UploadDatasetVersionHeader(dataset=dataset_name, request_id=request_id,
                                                format=format_value(format), expected_sha256=sha256,
-                                               description=description, labels=labels or {})
+                                               size_bytes=size, description=description, labels=labels or {})
         upload_name = f"{dataset_name}/uploads/{request_id}"
         # A generous deadline: the whole file at 1 MiB/s plus the service's validation time.
         timeout_s = self._transport.config.timeout_s + 60 + size / (1024 * 1024)

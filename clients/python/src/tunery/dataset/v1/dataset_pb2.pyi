@@ -309,7 +309,7 @@ class UploadDatasetVersionRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadDatasetVersionHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadDatasetVersionHeader(_message.Message):
-    __slots__ = ("dataset", "request_id", "offset", "format", "expected_sha256", "description", "labels")
+    __slots__ = ("dataset", "request_id", "offset", "format", "expected_sha256", "description", "labels", "size_bytes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +324,7 @@ class UploadDatasetVersionHeader(_message.Message):
     EXPECTED_SHA256_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     request_id: str
     offset: int
@@ -331,7 +332,8 @@ class UploadDatasetVersionHeader(_message.Message):
     expected_sha256: str
     description: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, dataset: _Optional[str] = ..., request_id: _Optional[str] = ..., offset: _Optional[int] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., expected_sha256: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, dataset: _Optional[str] = ..., request_id: _Optional[str] = ..., offset: _Optional[int] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., expected_sha256: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class UploadDatasetVersionResponse(_message.Message):
     __slots__ = ("dataset_version", "created")
