@@ -310,7 +310,7 @@ class DatasetService:
             # A restart: committed segments were dropped; remove every staged object (older attempts' too).
             self.repo.remove_prefix(self.repo.upload_prefix(project, dataset_id, upload_id))
         try:
-            report, staged = self._receive(session, committed_parts, chunks)
+            report, staged, whole = self._receive(session, committed_parts, chunks)
             check_stream()
             self._check_size(session, report, header)
             self._check_report(report, header)
@@ -320,7 +320,7 @@ class DatasetService:
         except (InvalidArgument, ResourceExhausted):
             self._discard(session)
             raise
-        return self._store(session, report, staged, header)
+        return self._store(session, report, staged, whole, header)
 
     def _check_header(self, header: UploadHeader) -> str:
         if not re.fullmatch(UUID, header.request_id or ""):
@@ -337,9 +337,11 @@ class DatasetService:
         return header.request_id.lower()
 
     def _receive(self, session: UploadRow, committed: list[PartRow],
-                 chunks: Iterator[bytes]) -> tuple[Report, list[PartRow]]:
+                 chunks: Iterator[bytes]) -> tuple[Report, list[PartRow], bytes | None]:
         """Feed committed segments (read back from the store, not resent) and then the new bytes through one
-        validator, storing the new bytes segment by segment and committing each full one; returns the report."""
+        validator, storing the new bytes segment by segment and committing each full one. Returns the report,
+        the stored segments and, when the whole file is one short segment, its bytes instead (most datasets
+        fit in one segment: they are stored once, at their version key, with nothing staged)."""
         validator = Validator(self.limits, session.format or None)
         quota = self.settings.quota_stored_bytes
         used = self.repo.stored_bytes(session.project) if quota else 0
@@ -367,6 +369,8 @@ class DatasetService:
                 if writing is not None:
                     staged.append(writing.result())
                 size = sum(map(len, pieces))
+                if not staged and writing is None and size < self.segment_bytes:
+                    return validator.finish(), staged, b"".join(pieces)
                 # A short segment ends the stream. It is stored but committed only by the version it
                 # completes: a cut stream can look ended, and a short part mid-file would make the
                 # session's segments impossible to compose (S3 wants 5 MiB for every part but the last).
@@ -374,7 +378,7 @@ class DatasetService:
                 offset += size
             if writing is not None:
                 staged.append(writing.result())
-        return validator.finish(), staged
+        return validator.finish(), staged, None
 
     def _stage(self, session: UploadRow, offset: int, pieces: list[bytes], commit: bool) -> PartRow:
         """Store one segment (its pieces are dropped once joined) and, with `commit`, commit it to the session."""
@@ -427,11 +431,14 @@ class DatasetService:
                               error_codes[0].upper() if len(error_codes) == 1 else "DATASET_INVALID", violations,
                               error_count=report.errors, codes=",".join(error_codes))
 
-    def _store(self, session: UploadRow, report: Report, staged: list[PartRow],
+    def _store(self, session: UploadRow, report: Report, staged: list[PartRow], whole: bytes | None,
                header: UploadHeader) -> tuple[VersionRow, bool]:
         project, dataset_id = session.project, session.dataset_id
         version_id = report.sha256[:16]
-        prefix = self.repo.upload_prefix(project, dataset_id, session.upload_id)
+        # Only this session's first stream (attempt 1) can have staged nothing; a restart at offset 0 makes
+        # another attempt, and a resumed stream has committed segments.
+        prefix = self.repo.upload_prefix(project, dataset_id, session.upload_id) \
+            if staged or session.attempt > 1 else None
         existing = self.repo.get_version(project, dataset_id, version_id)
         if existing is not None:
             if existing.sha256 != report.sha256:
@@ -444,7 +451,10 @@ class DatasetService:
             self._remove_quietly(prefix)
             return existing, False
         key = self.repo.version_key(project, dataset_id, report.sha256)
-        self.repo.compose(key, [part.object_key for part in staged])
+        if whole is not None:
+            self.repo.put(key, whole)
+        else:
+            self.repo.compose(key, [part.object_key for part in staged])
         row = VersionRow(project, dataset_id, version_id, 0, report.sha256, report.size_bytes, str(report.format),
                          header.description, header.labels, asdict(report.stats), report_record(report), key, _now())
         try:
@@ -479,8 +489,11 @@ class DatasetService:
         self.repo.delete_upload(session.project, session.dataset_id, session.upload_id)
         self.repo.remove_prefix(self.repo.upload_prefix(session.project, session.dataset_id, session.upload_id))
 
-    def _remove_quietly(self, prefix: str) -> None:
-        """Staged segments of a finished upload; a failure leaves them to the expiry sweep."""
+    def _remove_quietly(self, prefix: str | None) -> None:
+        """Staged segments of a finished upload (None: there are none); a failure leaves them to the expiry
+        sweep."""
+        if prefix is None:
+            return
         try:
             self.repo.remove_prefix(prefix)
         except TuneryError as error:
