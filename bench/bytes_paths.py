@@ -7,11 +7,14 @@
 * An ~80 MB LoRA adapter (peft, rank 128, every linear layer of a 16-layer Llama) downloaded through the
   registry (`Client.models.download`, every file checked against the manifest) vs `get_object` of the
   same files.
+* Downloads both ways the SDK has: streamed through the service (no TUNERY_S3_PUBLIC_URL) and read from
+  the presigned URLs the services hand out when it is set ("via URL"; still verified by sha256).
 * The dataset service's peak RSS (VmHWM, reset before each upload) per upload size.
 
 The dataset service runs as its own process (`python -m tunery.services dataset`, started as `tunery up`
 starts it) so its memory can be read from /proc; the registry runs in this process, as in the other
-benchmarks. Tunery and direct runs alternate, three of each; the table shows medians.
+benchmarks. A second dataset service and registry with a public URL serve the "via URL" downloads (same
+database and bucket). The runs alternate, three of each; the table shows medians.
 
     .venv/bin/python bench/bytes_paths.py [--quick]      # --quick: 1 MiB and 64 MiB only
 """
@@ -38,6 +41,8 @@ from tunery.client import Client
 from tunery.services import stack as tunery_stack
 from tunery.services.kit.objects import PART_SIZE, READ_SIZE
 from tunery.services.kit.seaweed import free_port
+from tunery.services.kit.server import Service
+from tunery.services.registry import servicer as registry_servicer
 from tunery.services.kit.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -151,7 +156,8 @@ def row(path: str, operation: str, size: int, tunery_s: list[float], direct_s: l
             "tunery_mb_s": size / 1e6 / t, "direct_mb_s": size / 1e6 / d, "ratio": d / t, **extra}
 
 
-def bench_dataset(client: Client, s3: Minio, bucket: str, work: Path, size_mib: int, pid: int) -> list[dict]:
+def bench_dataset(client: Client, via_url: Client, s3: Minio, bucket: str, work: Path, size_mib: int,
+                  pid: int) -> list[dict]:
     data = work / f"data-{size_mib}.jsonl"
     examples = write_jsonl(data, size_mib * MIB, seed=size_mib)
     size = data.stat().st_size
@@ -168,23 +174,24 @@ def bench_dataset(client: Client, s3: Minio, bucket: str, work: Path, size_mib: 
         with open(data, "rb") as f:
             up_d.append(timed(lambda: s3.put_object(bucket, f"direct/{size_mib}/{rep}.jsonl", f, size,
                                                     part_size=PART_SIZE)))
-    down_t, down_d = [], []
+    down_t, down_u, down_d = [], [], []
+    target = work / "download.jsonl"
     for rep in range(REPEATS):
-        target = work / "download.jsonl"
-        down_t.append(timed(lambda: client.datasets.download(version.name, target)))
-        assert target.stat().st_size == size
-        target.unlink()
-        down_d.append(timed(lambda: direct_get(s3, bucket, f"direct/{size_mib}/{rep}.jsonl", target)))
-        assert target.stat().st_size == size
-        target.unlink()
+        for times, fetch in ((down_t, lambda: client.datasets.download(version.name, target)),
+                             (down_u, lambda: via_url.datasets.download(version.name, target)),
+                             (down_d, lambda: direct_get(s3, bucket, f"direct/{size_mib}/{rep}.jsonl", target))):
+            times.append(timed(fetch))
+            assert target.stat().st_size == size
+            target.unlink()
     data.unlink()
     label = f"dataset {size_mib} MiB"
     return [row(label, "upload", size, up_t, up_d, examples=examples, service_peak_rss_mb=max(peaks),
                 peak_rss_windowed=windowed),
-            row(label, "download", size, down_t, down_d, examples=examples)]
+            row(label, "download", size, down_t, down_d, examples=examples),
+            row(label, "via URL", size, down_u, down_d, examples=examples)]
 
 
-def bench_adapter(client: Client, s3: Minio, bucket: str, work: Path) -> dict:
+def bench_adapter(client: Client, via_url: Client, s3: Minio, bucket: str, work: Path) -> list[dict]:
     adapter = work / "adapter"
     size = build_adapter(adapter)
     client.models.create("bytes-adapter", base_model=ADAPTER_BASE)
@@ -192,15 +199,18 @@ def bench_adapter(client: Client, s3: Minio, bucket: str, work: Path) -> dict:
     files = sorted(p.name for p in adapter.iterdir())
     for name in files:
         s3.fput_object(bucket, f"direct/adapter/{name}", str(adapter / name))
-    tunery_s, direct_s = [], []
+    tunery_s, url_s, direct_s = [], [], []
+    target = work / "adapter-download"
     for _ in range(REPEATS):
-        target = work / "adapter-download"
         tunery_s.append(timed(lambda: client.models.download(version.name, target)))
+        shutil.rmtree(target)
+        url_s.append(timed(lambda: via_url.models.download(version.name, target)))
         shutil.rmtree(target)
         target.mkdir()
         direct_s.append(timed(lambda: [direct_get(s3, bucket, f"direct/adapter/{n}", target / n) for n in files]))
         shutil.rmtree(target)
-    return row("adapter (registry)", "download", size, tunery_s, direct_s, files=files)
+    return [row("adapter (registry)", "download", size, tunery_s, direct_s, files=files),
+            row("adapter (registry)", "via URL", size, url_s, direct_s, files=files)]
 
 
 def main() -> None:
@@ -214,20 +224,27 @@ def main() -> None:
             local_stack(Path(root), Settings().model_cache(), names=("registry",)) as stack:
         work = Path(root)
         settings, project = stack.settings, PARENT.split("/")[1]
+        public = settings.replace(s3_public_url=f"http://{stack.s3.endpoint}")
         dataset = start_dataset_service(settings, work / "dataset.log")
+        dataset_url = start_dataset_service(public, work / "dataset-url.log")
+        registry_url = Service("registry", public, registry_servicer.MIGRATIONS, registry_servicer.setup).start()
         try:
             client = Client(targets={"dataset": dataset.address, "registry": stack.services["registry"].address},
                             api_key=stack.key, project=project)
+            via_url = Client(targets={"dataset": dataset_url.address, "registry": registry_url.address},
+                             api_key=stack.key, project=project)
             s3 = Minio(stack.s3.endpoint, access_key=stack.s3.access_key, secret_key=stack.s3.secret_key,
                        secure=False)
             idle_rss = rss_mb(dataset.pid, "VmRSS")
             for size_mib in sizes:
-                rows += bench_dataset(client, s3, settings.s3_bucket, work, size_mib, dataset.pid)
+                rows += bench_dataset(client, via_url, s3, settings.s3_bucket, work, size_mib, dataset.pid)
                 print(f"dataset {size_mib} MiB done", file=sys.stderr)
-            rows.append(bench_adapter(client, s3, settings.s3_bucket, work))
+            rows += bench_adapter(client, via_url, s3, settings.s3_bucket, work)
             client.close()
+            via_url.close()
         finally:
-            tunery_stack.stop([dataset])
+            registry_url.stop(0)
+            tunery_stack.stop([dataset, dataset_url])
     print(f"\n{'path':<20} {'operation':<9} {'MB':>7} {'Tunery MB/s':>12} {'direct MB/s':>12} {'ratio':>6} "
           f"{'service peak RSS':>17}")
     for r in rows:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -476,6 +478,38 @@ def test_download_round_trip_and_data_loss_on_tampered_bytes(client):
         client.download(version.name)
     with fails(grpc.StatusCode.NOT_FOUND, "DATASET_VERSION_NOT_FOUND"):
         client.download(f"{dataset}/versions/0123456789abcdef")
+
+
+def test_download_urls_read_the_exact_bytes_for_their_project_only(client, settings):
+    dataset = client.dataset()
+    version = client.upload(dataset, OPENAI_CHAT).dataset_version
+    request = pb.GenerateDatasetVersionDownloadUrlRequest(name=version.name)
+    with fails(grpc.StatusCode.FAILED_PRECONDITION, "DIRECT_DOWNLOAD_UNAVAILABLE"):  # no public URL set
+        client.GenerateDatasetVersionDownloadUrl(request)
+
+    with running("dataset", settings.replace(s3_public_url=f"http://{settings.s3_endpoint}")) as run:
+        direct = Client(run)
+        dataset = direct.dataset()
+        version = direct.upload(dataset, OPENAI_CHAT).dataset_version
+        before = datetime.now(timezone.utc)
+        response = direct.GenerateDatasetVersionDownloadUrl(
+            pb.GenerateDatasetVersionDownloadUrlRequest(name=version.name))
+        after = datetime.now(timezone.utc)
+        with urllib.request.urlopen(response.url, timeout=30) as body:
+            assert body.read() == OPENAI_CHAT
+        assert (response.size_bytes, response.sha256) == (len(OPENAI_CHAT), hashlib.sha256(OPENAI_CHAT).hexdigest())
+        ttl = timedelta(minutes=15)
+        assert before + ttl <= response.expire_time.ToDatetime(timezone.utc) <= after + ttl
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the signature covers the key
+            urllib.request.urlopen(response.url.replace(version.content.key, version.content.key + "x"), timeout=30)
+        assert refused.value.code == 403
+
+        other = Client(run, run.service.runtime.keys.create("beta").secret)
+        with fails(grpc.StatusCode.PERMISSION_DENIED, "PROJECT_MISMATCH"):
+            other.GenerateDatasetVersionDownloadUrl(pb.GenerateDatasetVersionDownloadUrlRequest(name=version.name))
+        with fails(grpc.StatusCode.NOT_FOUND, "DATASET_VERSION_NOT_FOUND"):
+            direct.GenerateDatasetVersionDownloadUrl(
+                pb.GenerateDatasetVersionDownloadUrlRequest(name=f"{dataset}/versions/0123456789abcdef"))
 
 
 def test_pagination_walks_everything_once_and_rejects_tampered_tokens(shared):

@@ -6,6 +6,8 @@ import hashlib
 import json
 import pickle
 import struct
+import urllib.request
+from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -421,6 +423,27 @@ def test_pagination_newest_first_and_tampered_tokens(registry, adapter):
             stub.ListModelVersions(request, metadata=md, timeout=TIMEOUT)
 
 
+def test_download_urls_name_every_manifest_file_in_order(registry, settings, adapter):
+    files, _ = adapter
+    create_model(registry)
+    version = upload(registry, files)
+    request = pb.GenerateModelVersionDownloadUrlsRequest(name=version.name)
+    with fails(grpc.StatusCode.FAILED_PRECONDITION, "DIRECT_DOWNLOAD_UNAVAILABLE"):  # no public URL set
+        stub_of(registry).GenerateModelVersionDownloadUrls(request, metadata=registry.metadata(), timeout=TIMEOUT)
+
+    with running("registry", settings.replace(s3_public_url=f"http://{settings.s3_endpoint}")) as direct:
+        stub_of(direct).SetAlias(pb.SetAliasRequest(model=MODEL, alias="production", version=version.name),
+                                 metadata=direct.metadata(), timeout=TIMEOUT)
+        response = stub_of(direct).GenerateModelVersionDownloadUrls(
+            pb.GenerateModelVersionDownloadUrlsRequest(name=f"{MODEL}/versions/production"),
+            metadata=direct.metadata(), timeout=TIMEOUT)
+    assert [f.file for f in response.files] == list(version.manifest.files)
+    for item in response.files:
+        with urllib.request.urlopen(item.url, timeout=30) as body:
+            assert body.read() == files[item.file.path]
+    assert response.expire_time.ToDatetime(timezone.utc) > datetime.now(timezone.utc) + timedelta(minutes=14)
+
+
 def test_other_projects_keys_are_denied_and_corruption_is_detected(registry, adapter):
     files, _ = adapter
     create_model(registry)
@@ -432,6 +455,8 @@ def test_other_projects_keys_are_denied_and_corruption_is_detected(registry, ada
         lambda: stub.GetModelVersion(pb.GetModelVersionRequest(name=version.name), metadata=other, timeout=TIMEOUT),
         lambda: list(stub.DownloadModelVersion(pb.DownloadModelVersionRequest(name=version.name), metadata=other,
                                                timeout=TIMEOUT)),
+        lambda: stub.GenerateModelVersionDownloadUrls(pb.GenerateModelVersionDownloadUrlsRequest(name=version.name),
+                                                      metadata=other, timeout=TIMEOUT),
         lambda: stub.SetAlias(pb.SetAliasRequest(model=MODEL, alias="production", version=version.name),
                               metadata=other, timeout=TIMEOUT),
         lambda: stub.UploadModelVersion(upload_messages(files), metadata=other, timeout=TIMEOUT),

@@ -24,6 +24,8 @@ from tunery.client import (Aborted, AlreadyExists, Client, FailedPrecondition, I
                            NotFound, PermissionDenied, ResourceExhausted, TuneryError, Unauthenticated)
 from tunery.client.datasets import Datasets
 from tunery.dataset.v1 import dataset_pb2
+from tunery.services.kit import logs
+from tunery.services.kit.seaweed import free_port
 from tunery.services.kit.server import Service
 from tunery.services.kit.settings import Settings
 from tunery.trainer.v1 import trainer_pb2
@@ -41,6 +43,11 @@ def model_cache() -> Path:
 def settings(settings: Settings) -> Settings:
     """The shared settings, with the model cache that survives between tests (tiny-llama builds once)."""
     return settings.replace(trainer_model_cache=model_cache())
+
+
+def public_url(settings: Settings, url: str | None = None) -> Settings:
+    """Settings under which the services hand out presigned URLs for downloads (of the test S3 server)."""
+    return settings.replace(s3_public_url=url or f"http://{settings.s3_endpoint}")
 
 
 def client_for(key: str, project: str = "alpha", **targets: str) -> Client:
@@ -166,8 +173,9 @@ def test_models_list_pages_and_typed_errors(settings, tiny_adapter, tmp_path):
             client.models.get("Not A Name")
 
 
-def test_download_of_corrupted_files_fails_and_writes_nothing(settings, tiny_adapter, tmp_path):
-    with stack(settings, "registry") as (client, _):
+@pytest.mark.parametrize("direct", [False, True], ids=["streamed", "direct"])
+def test_download_of_corrupted_files_fails_and_writes_nothing(settings, tiny_adapter, tmp_path, direct):
+    with stack(public_url(settings) if direct else settings, "registry") as (client, _):
         client.models.create("bot", base_model="tiny-llama")
         client.models.upload("bot", tiny_adapter)
         s3 = Minio(settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
@@ -184,6 +192,36 @@ def test_download_of_corrupted_files_fails_and_writes_nothing(settings, tiny_ada
             client.models.download("bot@1", target)
         assert failure.value.code in (grpc.StatusCode.DATA_LOSS,)
         assert list(target.iterdir()) == []  # nothing half-written, no staging folder left
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["direct", "fallback"])
+def test_downloads_read_presigned_urls_and_stream_when_those_cannot_be_read(settings, tiny_adapter, tmp_path,
+                                                                             reachable):
+    """With TUNERY_S3_PUBLIC_URL the SDK reads the bytes straight from the object store; when that address
+    cannot be reached from the client it streams them through the services instead, with the same result."""
+    url = None if reachable else f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    calls = io.StringIO()
+    logs.configure("json", "info", calls)
+    try:
+        with stack(public_url(settings, url), "dataset", "registry") as (client, _):
+            version = client.datasets.upload(HELDOUT, dataset="held").dataset_version
+            done: list[int] = []
+            path = client.datasets.download(version.name, tmp_path / "held.jsonl",
+                                            progress=lambda n, total: done.append(n))
+            assert path.read_bytes() == HELDOUT.read_bytes() and done[-1] == version.size_bytes
+            client.models.create("bot", base_model="tiny-llama")
+            model_version = client.models.upload("bot", tiny_adapter)
+            folder = client.models.download("bot", tmp_path / "adapter")
+            assert {p.name: p.read_bytes() for p in folder.iterdir()} == \
+                {p.name: p.read_bytes() for p in tiny_adapter.iterdir()}
+            assert len(model_version.manifest.files) == len(list(folder.iterdir()))
+    finally:
+        logs.configure()
+    rpcs = [json.loads(line).get("rpc", "").rsplit("/", 1)[-1] for line in calls.getvalue().splitlines()
+            if '"rpc.finished"' in line]
+    assert {"GenerateDatasetVersionDownloadUrl", "GenerateModelVersionDownloadUrls"} <= set(rpcs)
+    streamed = {"DownloadDatasetVersion", "DownloadModelVersion"} & set(rpcs)
+    assert streamed == (set() if reachable else {"DownloadDatasetVersion", "DownloadModelVersion"})
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
@@ -252,8 +290,9 @@ def test_dataset_errors_are_typed_with_line_numbers(settings, tmp_path):
         assert not (tmp_path / "x").exists()
 
 
-def test_dataset_download_of_corrupted_bytes_fails_and_writes_nothing(settings, tmp_path):
-    with stack(settings, "dataset") as (client, _):
+@pytest.mark.parametrize("direct", [False, True], ids=["streamed", "direct"])
+def test_dataset_download_of_corrupted_bytes_fails_and_writes_nothing(settings, tmp_path, direct):
+    with stack(public_url(settings) if direct else settings, "dataset") as (client, _):
         version = client.datasets.upload(HELDOUT, dataset="held").dataset_version
         s3 = Minio(settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
                    secure=False)

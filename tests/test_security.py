@@ -37,6 +37,7 @@ REQUESTS = {
         "ListDatasetVersions": dataset_pb2.ListDatasetVersionsRequest(parent=DATASET),
         "DeleteDatasetVersion": dataset_pb2.DeleteDatasetVersionRequest(name=VERSION),
         "DownloadDatasetVersion": dataset_pb2.DownloadDatasetVersionRequest(name=VERSION),
+        "GenerateDatasetVersionDownloadUrl": dataset_pb2.GenerateDatasetVersionDownloadUrlRequest(name=VERSION),
         "ListDatasetExamples": dataset_pb2.ListDatasetExamplesRequest(parent=VERSION),
     },
     "tunery.trainer.v1.TrainerService": {
@@ -67,6 +68,7 @@ REQUESTS = {
             model_version=registry_pb2.ModelVersion(name=MODEL_VERSION)),
         "DeleteModelVersion": registry_pb2.DeleteModelVersionRequest(name=MODEL_VERSION),
         "DownloadModelVersion": registry_pb2.DownloadModelVersionRequest(name=MODEL_VERSION),
+        "GenerateModelVersionDownloadUrls": registry_pb2.GenerateModelVersionDownloadUrlsRequest(name=MODEL_VERSION),
         "SetAlias": registry_pb2.SetAliasRequest(model=MODEL, alias="production", version=MODEL_VERSION),
         "DeleteAlias": registry_pb2.DeleteAliasRequest(model=MODEL, alias="production"),
         "ListAliasHistory": registry_pb2.ListAliasHistoryRequest(parent=MODEL),

@@ -18,6 +18,7 @@ from service_fixtures import wait_until
 from tunery.services.kit import auth, errors, logs
 from tunery.services.kit.db import Database
 from tunery.services.kit.interceptor import as_domain_error
+from tunery.services.kit.objects import ObjectStore
 from tunery.services.kit.paging import PageTokens, page_size
 from tunery.services.kit.seaweed import SeaweedS3
 from tunery.services.kit.server import Service
@@ -347,3 +348,11 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(settings, tmp_
                 _call(channel.unary_unary(f"/{PROBE}/Call"), "hi", key)
     finally:
         service.stop(0)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9000", "ftp://files.example.com", "https://files.example.com/bucket",
+                                 "https://files.example.com?x=1", "https://"])
+def test_a_public_object_store_url_must_be_a_bare_http_address(settings, url):
+    with pytest.raises(ValueError, match="TUNERY_S3_PUBLIC_URL"):
+        ObjectStore(settings.replace(s3_public_url=url))
+    assert ObjectStore(settings.replace(s3_public_url="https://files.example.com:8443/")).public is not None

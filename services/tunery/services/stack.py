@@ -70,7 +70,8 @@ def up(settings: Settings, progress=print) -> list[Component]:
             progress(f"starting object store (SeaweedFS) on {settings.host}:{LOCAL_S3_PORT}")
             s3.start()
             components.append(Component("object_store", s3.endpoint, s3.process.pid, str(s3.data_dir / "weed.log")))
-            settings = settings.replace(s3_endpoint=s3.endpoint)
+            # Clients run on this machine too: they read downloads straight from it.
+            settings = settings.replace(s3_endpoint=s3.endpoint, s3_public_url=f"http://{s3.endpoint}")
         db = Database(settings.database())
         db.migrate("auth", auth.MIGRATIONS)
         keys = auth.ApiKeyStore(db)
@@ -117,7 +118,8 @@ def _environment(settings: Settings) -> dict[str, str]:
     """The settings the service processes need, as TUNERY_* variables."""
     values = {"home": settings.home, "database_url": settings.database(), "s3_endpoint": settings.s3_endpoint,
               "s3_access_key": settings.s3_access_key, "s3_secret_key": settings.s3_secret_key,
-              "s3_secure": str(settings.s3_secure).lower(), "s3_bucket": settings.s3_bucket, "host": settings.host,
+              "s3_secure": str(settings.s3_secure).lower(), "s3_bucket": settings.s3_bucket,
+              "s3_public_url": settings.s3_public_url, "host": settings.host,
               "log_format": settings.log_format, "log_level": settings.log_level}
     return {f"TUNERY_{k.upper()}": str(v) for k, v in values.items()}
 

@@ -368,6 +368,9 @@ class Repository:
     def read(self, key: str, offset: int = 0, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
         return self.objects.get(key, offset, chunk_size)
 
+    def download_url(self, key: str) -> str:
+        return self.objects.download_url(key)
+
     def compose(self, key: str, sources: list[str]) -> None:
         """Server-side concatenation of `sources` into `key` (S3 multipart copy: every source but the last
         must be at least 5 MiB); the bytes never pass through this process."""

@@ -22,7 +22,7 @@ from tunery.services.kit import names, paging
 from tunery.services.kit.auth import authorize
 from tunery.services.kit.errors import (Aborted, AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument,
                                          NotFound, ResourceExhausted, TuneryError)
-from tunery.services.kit.objects import download_chunk_size, read_ahead
+from tunery.services.kit.objects import DOWNLOAD_URL_TTL, download_chunk_size, read_ahead
 from tunery.services.kit.paging import PageTokens
 from tunery.services.kit.settings import Settings
 
@@ -230,6 +230,12 @@ class DatasetService:
         """The version's exact bytes; DATA_LOSS at the end when they no longer match the digest."""
         version = self.get_version(name)
         return self._verified(version)
+
+    def download_url(self, name: str) -> tuple[VersionRow, str, datetime]:
+        """The version, a presigned URL of its bytes and when that expires."""
+        version = self.get_version(name)
+        expire_time = _now() + DOWNLOAD_URL_TTL  # taken before signing: never later than the URL's own
+        return version, self.repo.download_url(version.object_key), expire_time
 
     def _verified(self, version: VersionRow) -> Iterator[bytes]:
         digest, size = hashlib.sha256(), 0

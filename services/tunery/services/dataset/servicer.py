@@ -236,6 +236,12 @@ class DatasetServicer:
         for chunk in self.service.download(request.name):
             yield pb.DownloadDatasetVersionResponse(chunk=chunk)
 
+    def GenerateDatasetVersionDownloadUrl(self, request: pb.GenerateDatasetVersionDownloadUrlRequest,
+                                          context) -> pb.GenerateDatasetVersionDownloadUrlResponse:
+        version, url, expire_time = self.service.download_url(request.name)
+        return pb.GenerateDatasetVersionDownloadUrlResponse(url=url, expire_time=_timestamp(expire_time),
+                                                            size_bytes=version.size_bytes, sha256=version.sha256)
+
     def ListDatasetExamples(self, request: pb.ListDatasetExamplesRequest, context) -> pb.ListDatasetExamplesResponse:
         version, page = self.service.list_examples(request.parent, request.page_size, request.page_token)
         return pb.ListDatasetExamplesResponse(examples=[example_proto(line, data, version.format)

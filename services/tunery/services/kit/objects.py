@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import sys
 from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import timedelta
 from typing import Iterable, Iterator, TypeVar
+from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
@@ -13,11 +15,12 @@ from minio.commonconfig import ComposeSource, CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from tunery.services.kit.errors import NotFound, Unavailable
+from tunery.services.kit.errors import FailedPrecondition, NotFound, Unavailable
 from tunery.services.kit.settings import Settings
 
 PART_SIZE = 16 * 1024 * 1024  # multipart part size: bounds memory per streaming upload
 READ_SIZE = 1024 * 1024
+DOWNLOAD_URL_TTL = timedelta(minutes=15)  # a GET only has to start before then
 
 
 def download_chunk_size(max_message_bytes: int) -> int:
@@ -72,6 +75,18 @@ class _ChunkReader(io.RawIOBase):
         return b"".join(pieces)
 
 
+def _public_signer(settings: Settings) -> Minio | None:
+    """A client that only signs URLs for the store's public address. With its region given, signing sends
+    no request (the public address need not be reachable from here)."""
+    if not settings.s3_public_url:
+        return None
+    url = urlsplit(settings.s3_public_url)
+    if url.scheme not in ("http", "https") or not url.netloc or url.path.strip("/") or url.query:
+        raise ValueError(f"TUNERY_S3_PUBLIC_URL={settings.s3_public_url!r} must read http(s)://host[:port]")
+    return Minio(url.netloc, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
+                 secure=url.scheme == "https", region=settings.s3_region or "us-east-1")
+
+
 class ObjectStore:
     def __init__(self, settings: Settings) -> None:
         if not settings.s3_endpoint:
@@ -84,6 +99,16 @@ class ObjectStore:
                             secret_key=settings.s3_secret_key, secure=settings.s3_secure,
                             region=settings.s3_region or None, http_client=http)
         self.bucket = settings.s3_bucket
+        self.public = _public_signer(settings)
+
+    def download_url(self, key: str) -> str:
+        """A presigned URL that reads the object straight from the store for DOWNLOAD_URL_TTL from now;
+        FAILED_PRECONDITION when there is no address of the store for clients (TUNERY_S3_PUBLIC_URL)."""
+        if self.public is None:
+            raise FailedPrecondition("direct downloads are off: this service knows no object-store address for "
+                                     "clients (TUNERY_S3_PUBLIC_URL); use the streaming download",
+                                     "DIRECT_DOWNLOAD_UNAVAILABLE")
+        return self.public.presigned_get_object(self.bucket, key, expires=DOWNLOAD_URL_TTL)
 
     def ensure_bucket(self) -> None:
         with _unavailable():

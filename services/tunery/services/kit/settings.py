@@ -32,6 +32,9 @@ class Settings:
     s3_secure: bool = False
     s3_region: str = ""
     s3_bucket: str = "tunery"
+    # Where clients reach the object store, e.g. https://files.example.com: the services then hand out
+    # short-lived presigned URLs for direct downloads. Empty: downloads stream through the services.
+    s3_public_url: str = ""
     # Addresses other services use to reach each service (host:port).
     dataset_target: str = f"127.0.0.1:{DEFAULT_PORTS['dataset']}"
     trainer_target: str = f"127.0.0.1:{DEFAULT_PORTS['trainer']}"

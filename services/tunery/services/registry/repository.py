@@ -522,6 +522,9 @@ class Repository:
     def read(self, key: str, chunk_size: int = READ_SIZE) -> Iterator[bytes]:
         return self.objects.get(key, chunk_size=chunk_size)
 
+    def download_url(self, key: str) -> str:
+        return self.objects.download_url(key)
+
     def size(self, key: str) -> int:
         return self.objects.size(key)
 

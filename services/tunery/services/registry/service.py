@@ -10,13 +10,14 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 import structlog
 
 from tunery.services.kit import names
 from tunery.services.kit.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted, TuneryError
-from tunery.services.kit.objects import download_chunk_size, read_ahead
+from tunery.services.kit.objects import DOWNLOAD_URL_TTL, download_chunk_size, read_ahead
 from tunery.services.kit.settings import Settings
 from tunery.services.registry import adapter_checks
 from tunery.services.registry.adapter_checks import FileCheck, FileResult, Limits
@@ -361,6 +362,12 @@ class RegistryService:
         return stop.set
 
     # ---- download -------------------------------------------------------------------------------------------
+
+    def download_urls(self, project: str, model_id: str, ref: str) -> tuple[list[tuple[FileEntry, str]], datetime]:
+        """Each file's entry with a presigned URL of its bytes, and when the URLs expire."""
+        version = self.repo.get_version(project, model_id, ref)
+        expire_time = datetime.now(timezone.utc) + DOWNLOAD_URL_TTL  # taken before signing
+        return [(entry, self.repo.download_url(version.key(entry.path))) for entry in version.files], expire_time
 
     def download(self, project: str, model_id: str, ref: str) -> Iterator[FileEntry | bytes]:
         """Each file's entry, then its bytes; DATA_LOSS as soon as a file's bytes differ from the manifest."""

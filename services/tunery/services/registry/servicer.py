@@ -196,6 +196,13 @@ class ModelRegistryServicer:
             else:
                 yield pb.DownloadModelVersionResponse(chunk=item)
 
+    def GenerateModelVersionDownloadUrls(self, request: pb.GenerateModelVersionDownloadUrlsRequest,
+                                         context) -> pb.GenerateModelVersionDownloadUrlsResponse:
+        files, expire_time = self.service.download_urls(*_version(request.name))
+        return pb.GenerateModelVersionDownloadUrlsResponse(
+            files=[pb.FileDownloadUrl(file=_file_proto(entry), url=url) for entry, url in files],
+            expire_time=_time(expire_time))
+
     # ---- aliases --------------------------------------------------------------------------------------------
 
     def SetAlias(self, request: pb.SetAliasRequest, context) -> pb.SetAliasResponse:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import re
 import time
+import urllib.request
 import uuid
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
-from tunery.client.errors import Unavailable
+import grpc
+
+from tunery.client.errors import TuneryError, Unavailable
 from tunery.client.transport import Transport
 
 T = TypeVar("T")
 _ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
+READ_BYTES = 1024 * 1024
 
 
 def new_request_id() -> str:
@@ -57,6 +63,33 @@ class SubApi:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+
+def read_url(url: str, out: BinaryIO, progress: Callable[[int], None] | None = None,
+             timeout_s: float = 30.0) -> tuple[int, str] | None:
+    """Copy the body of a presigned object-store URL into `out`: (bytes, sha256 hex), or None when the URL
+    cannot be read (unreachable, refused, expired, cut off), with `out` emptied again. `progress` gets the
+    byte count so far."""
+    digest, done = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            while chunk := response.read(READ_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done)
+    except (OSError, http.client.HTTPException):  # URLError, HTTPError and timeouts are OSErrors
+        out.seek(0)
+        out.truncate()
+        return None
+    return done, digest.hexdigest()
+
+
+def direct_downloads_off(error: TuneryError) -> bool:
+    """Whether a Generate*DownloadUrl call failed only because this server hands out no URLs (none
+    configured, or a server from before them): the caller then streams the bytes through the service."""
+    return error.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED)
 
 
 def with_backoff(attempt: int) -> None:

@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 
 import grpc
 
-from tunery.client._base import SubApi, check_id, new_request_id
-from tunery.client.errors import DataLoss, InvalidArgument, NotFound
+from tunery.client._base import SubApi, check_id, direct_downloads_off, new_request_id, read_url
+from tunery.client.errors import DataLoss, InvalidArgument, NotFound, TuneryError
 from tunery.registry.v1 import registry_pb2 as pb
 
 # progress(path, bytes_done_overall, bytes_total_overall)
@@ -26,6 +26,14 @@ def _safe_relative(path: str) -> PurePosixPath:
             or any(part in ("..", ".", "") for part in pure.parts)):
         raise DataLoss.digest_mismatch(f"the registry sent an unsafe file path {path!r}")
     return pure
+
+
+def _expected_path(path: str, expected: dict, received: dict, version: str) -> str:
+    """`path` if the manifest lists it and it has not come yet, else DataLoss."""
+    if path not in expected or path in received:
+        raise DataLoss.digest_mismatch(f"the registry sent {path!r}, which is not (or no longer) expected from the "
+                                       f"manifest of {version}")
+    return path
 
 
 class Models(SubApi):
@@ -122,27 +130,71 @@ class Models(SubApi):
         `PeftModel.from_pretrained(base, directory)`.
 
         Every file is checked against the version's manifest (path, size, sha256) before any file appears
-        in `directory`; on a mismatch `DataLoss` is raised and nothing is written."""
+        in `directory`; on a mismatch `DataLoss` is raised and nothing is written.
+
+        The files come straight from the object store through presigned URLs when the registry hands them
+        out and they can be read from here; otherwise they stream through the registry."""
         model_version = self.get_version(version)
         expected = {f.path: f for f in model_version.manifest.files}
-        total = sum(f.size_bytes for f in expected.values())
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tunery-download-", dir=directory))
-        received: dict[str, tuple[int, str]] = {}
         try:
-            current, out, digest, size, done = None, None, hashlib.sha256(), 0, 0
-            timeout_s = self._transport.config.timeout_s + 60 + total / (1024 * 1024)
-            for response in self._stream("DownloadModelVersion",
-                                         pb.DownloadModelVersionRequest(name=model_version.name), timeout_s):
+            received = (self._direct(model_version, expected, staging, progress)
+                        or self._streamed(model_version, expected, staging, progress))
+            for path, entry in expected.items():
+                got = received.get(path)
+                if got != (entry.size_bytes, entry.sha256):
+                    raise DataLoss.digest_mismatch(f"{path} of {model_version.name}: " + (
+                        "missing from the download" if got is None else
+                        f"got {got[0]} bytes with sha256 {got[1]}, expected {entry.size_bytes} bytes with "
+                        f"sha256 {entry.sha256}"))
+            for path in expected:
+                final = directory / path
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / path, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    def _direct(self, version: pb.ModelVersion, expected: dict[str, pb.ManifestFile], staging: Path,
+                progress: DownloadProgress | None) -> dict[str, tuple[int, str]] | None:
+        """{path: (bytes, sha256)} of the files read through presigned URLs into `staging`, or None when there
+        are none or one cannot be read."""
+        try:
+            files = self._call("GenerateModelVersionDownloadUrls",
+                               pb.GenerateModelVersionDownloadUrlsRequest(name=version.name)).files
+        except TuneryError as error:
+            if direct_downloads_off(error):
+                return None
+            raise
+        total, before, received = sum(f.size_bytes for f in expected.values()), 0, {}
+        for item in files:
+            path = _expected_path(item.file.path, expected, received, version.name)
+            target = staging / _safe_relative(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as out:
+                got = read_url(item.url, out, (lambda done: progress(path, before + done, total)) if progress else None)
+            if got is None:
+                return None
+            received[path] = got
+            before += got[0]
+        return received
+
+    def _streamed(self, version: pb.ModelVersion, expected: dict[str, pb.ManifestFile], staging: Path,
+                  progress: DownloadProgress | None) -> dict[str, tuple[int, str]]:
+        """{path: (bytes, sha256)} of the files streamed through the registry into `staging`."""
+        total = sum(f.size_bytes for f in expected.values())
+        received: dict[str, tuple[int, str]] = {}
+        current, out, digest, size, done = None, None, hashlib.sha256(), 0, 0
+        try:
+            for response in self._stream("DownloadModelVersion", pb.DownloadModelVersionRequest(name=version.name),
+                                         self._transport.config.timeout_s + 60 + total / (1024 * 1024)):
                 if response.WhichOneof("payload") == "file":
                     if out:
                         out.close()
                         received[current] = (size, digest.hexdigest())
-                    current = response.file.path
-                    if current not in expected or current in received:
-                        raise DataLoss.digest_mismatch(f"the registry sent {current!r}, which is not (or no longer) expected "
-                                       f"from the manifest of {model_version.name}")
+                    current = _expected_path(response.file.path, expected, received, version.name)
                     target = staging / _safe_relative(current)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     out, digest, size = open(target, "wb"), hashlib.sha256(), 0
@@ -159,22 +211,10 @@ class Models(SubApi):
             if out:
                 out.close()
                 received[current] = (size, digest.hexdigest())
-            for path, entry in expected.items():
-                got = received.get(path)
-                if got != (entry.size_bytes, entry.sha256):
-                    raise DataLoss.digest_mismatch(f"{path} of {model_version.name}: " + (
-                        "missing from the download" if got is None else
-                        f"got {got[0]} bytes with sha256 {got[1]}, expected {entry.size_bytes} bytes with "
-                        f"sha256 {entry.sha256}"))
-            for path in expected:
-                final = directory / path
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / path, final)
         finally:
             if out and not out.closed:
                 out.close()
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        return received
 
     def upload(self, model: str, directory: str | os.PathLike, description: str = "",
                labels: dict[str, str] | None = None, request_id: str | None = None) -> pb.ModelVersion:

@@ -91,6 +91,11 @@ class DatasetServiceStub:
                 request_serializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.DownloadDatasetVersionRequest.SerializeToString,
                 response_deserializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.DownloadDatasetVersionResponse.FromString,
                 _registered_method=True)
+        self.GenerateDatasetVersionDownloadUrl = channel.unary_unary(
+                '/tunery.dataset.v1.DatasetService/GenerateDatasetVersionDownloadUrl',
+                request_serializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.GenerateDatasetVersionDownloadUrlRequest.SerializeToString,
+                response_deserializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.GenerateDatasetVersionDownloadUrlResponse.FromString,
+                _registered_method=True)
         self.ListDatasetExamples = channel.unary_unary(
                 '/tunery.dataset.v1.DatasetService/ListDatasetExamples',
                 request_serializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.ListDatasetExamplesRequest.SerializeToString,
@@ -154,6 +159,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.DownloadDatasetVersion,
                     request_deserializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.DownloadDatasetVersionRequest.FromString,
                     response_serializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.DownloadDatasetVersionResponse.SerializeToString,
+            ),
+            'GenerateDatasetVersionDownloadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDatasetVersionDownloadUrl,
+                    request_deserializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.GenerateDatasetVersionDownloadUrlRequest.FromString,
+                    response_serializer=tunery_dot_dataset_dot_v1_dot_dataset__pb2.GenerateDatasetVersionDownloadUrlResponse.SerializeToString,
             ),
             'ListDatasetExamples': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatasetExamples,
@@ -460,6 +470,33 @@ class DatasetService:
             '/tunery.dataset.v1.DatasetService/DownloadDatasetVersion',
             tunery_dot_dataset_dot_v1_dot_dataset__pb2.DownloadDatasetVersionRequest.SerializeToString,
             tunery_dot_dataset_dot_v1_dot_dataset__pb2.DownloadDatasetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateDatasetVersionDownloadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunery.dataset.v1.DatasetService/GenerateDatasetVersionDownloadUrl',
+            tunery_dot_dataset_dot_v1_dot_dataset__pb2.GenerateDatasetVersionDownloadUrlRequest.SerializeToString,
+            tunery_dot_dataset_dot_v1_dot_dataset__pb2.GenerateDatasetVersionDownloadUrlResponse.FromString,
             options,
             channel_credentials,
             insecure,

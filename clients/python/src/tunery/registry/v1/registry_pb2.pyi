@@ -356,6 +356,28 @@ class DownloadModelVersionResponse(_message.Message):
     chunk: bytes
     def __init__(self, file: _Optional[_Union[ManifestFile, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
+class GenerateModelVersionDownloadUrlsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GenerateModelVersionDownloadUrlsResponse(_message.Message):
+    __slots__ = ("files", "expire_time")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[FileDownloadUrl]
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, files: _Optional[_Iterable[_Union[FileDownloadUrl, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FileDownloadUrl(_message.Message):
+    __slots__ = ("file", "url")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    file: ManifestFile
+    url: str
+    def __init__(self, file: _Optional[_Union[ManifestFile, _Mapping]] = ..., url: _Optional[str] = ...) -> None: ...
+
 class SetAliasRequest(_message.Message):
     __slots__ = ("model", "alias", "version", "etag")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -102,6 +102,11 @@ class ModelRegistryServiceStub:
                 request_serializer=tunery_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.SerializeToString,
                 response_deserializer=tunery_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.FromString,
                 _registered_method=True)
+        self.GenerateModelVersionDownloadUrls = channel.unary_unary(
+                '/tunery.registry.v1.ModelRegistryService/GenerateModelVersionDownloadUrls',
+                request_serializer=tunery_dot_registry_dot_v1_dot_registry__pb2.GenerateModelVersionDownloadUrlsRequest.SerializeToString,
+                response_deserializer=tunery_dot_registry_dot_v1_dot_registry__pb2.GenerateModelVersionDownloadUrlsResponse.FromString,
+                _registered_method=True)
         self.SetAlias = channel.unary_unary(
                 '/tunery.registry.v1.ModelRegistryService/SetAlias',
                 request_serializer=tunery_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
@@ -180,6 +185,11 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadModelVersion,
                     request_deserializer=tunery_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.FromString,
                     response_serializer=tunery_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.SerializeToString,
+            ),
+            'GenerateModelVersionDownloadUrls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateModelVersionDownloadUrls,
+                    request_deserializer=tunery_dot_registry_dot_v1_dot_registry__pb2.GenerateModelVersionDownloadUrlsRequest.FromString,
+                    response_serializer=tunery_dot_registry_dot_v1_dot_registry__pb2.GenerateModelVersionDownloadUrlsResponse.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
@@ -529,6 +539,33 @@ class ModelRegistryService:
             '/tunery.registry.v1.ModelRegistryService/DownloadModelVersion',
             tunery_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.SerializeToString,
             tunery_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateModelVersionDownloadUrls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunery.registry.v1.ModelRegistryService/GenerateModelVersionDownloadUrls',
+            tunery_dot_registry_dot_v1_dot_registry__pb2.GenerateModelVersionDownloadUrlsRequest.SerializeToString,
+            tunery_dot_registry_dot_v1_dot_registry__pb2.GenerateModelVersionDownloadUrlsResponse.FromString,
             options,
             channel_credentials,
             insecure,
