@@ -286,6 +286,13 @@ def test_file_and_example_limits_and_the_stored_bytes_quota(settings):
 # -- resumable uploads ---------------------------------------------------------------------------
 
 
+def domain_service(run) -> DatasetService:
+    """The service layer over the running service's database and bucket, to call it in-process."""
+    runtime = run.service.runtime
+    return DatasetService(runtime.settings, Repository(runtime.db, runtime.objects), runtime.page_tokens,
+                          TrainerPeer(runtime.settings))
+
+
 def _big_file(size: int) -> bytes:
     line = b'{"text": "' + b"x" * 1000 + b'"}\n'
     lines = [line.replace(b"x" * 8, f"{i:08d}".encode(), 1) for i in range(size // len(line))]
@@ -356,10 +363,7 @@ def test_broken_upload_resumes_from_the_committed_offset(settings):
         _break_after(client, dataset, data, 6 * MiB, abandoned, segment)
         staged = [k for k in client.objects(dataset) if "/uploads/" in k]
         assert len(staged) == 1
-        runtime = run.service.runtime
-        sweeper = DatasetService(runtime.settings, Repository(runtime.db, runtime.objects), runtime.page_tokens,
-                                 TrainerPeer(runtime.settings))
-        assert sweeper.sweep_uploads(datetime.now(timezone.utc) + timedelta(seconds=settings.dataset_upload_ttl_s
+        assert domain_service(run).sweep_uploads(datetime.now(timezone.utc) + timedelta(seconds=settings.dataset_upload_ttl_s
                                                                             + 60)) == 2
         assert client.objects(dataset) == [response.dataset_version.content.key]
         with fails(grpc.StatusCode.NOT_FOUND, "DATASET_UPLOAD_NOT_FOUND"):
@@ -378,9 +382,7 @@ def test_a_cut_stream_that_looked_complete_commits_only_whole_segments(settings)
         client = Client(run)
         dataset = client.dataset()
         request_id = str(uuid.uuid4())
-        runtime = run.service.runtime
-        service = DatasetService(runtime.settings, Repository(runtime.db, runtime.objects), runtime.page_tokens,
-                                 TrainerPeer(runtime.settings))
+        service = domain_service(run)
 
         def cut() -> None:
             raise Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN")
@@ -393,6 +395,7 @@ def test_a_cut_stream_that_looked_complete_commits_only_whole_segments(settings)
             set_principal(None)
         name = f"{dataset}/uploads/{request_id}"
         assert client.GetDatasetUpload(pb.GetDatasetUploadRequest(name=name)).upload.committed_bytes == segment
+        assert len([k for k in client.objects(dataset) if "/uploads/" in k]) == 1  # the tail was never stored
 
         response = client.upload(dataset, data[segment:], request_id=request_id, offset=segment,
                                  expected_sha256=sha)

@@ -316,7 +316,7 @@ class DatasetService:
             # A restart: committed segments were dropped; remove every staged object (older attempts' too).
             self.repo.remove_prefix(self.repo.upload_prefix(project, dataset_id, upload_id))
         try:
-            report, staged, whole = self._receive(session, committed_parts, chunks)
+            report, staged, tail = self._receive(session, committed_parts, chunks)
             check_stream()
             self._check_size(session, report, header)
             self._check_report(report, header)
@@ -326,7 +326,7 @@ class DatasetService:
         except (InvalidArgument, ResourceExhausted):
             self._discard(session)
             raise
-        return self._store(session, report, staged, whole, header)
+        return self._store(session, report, staged, tail, header)
 
     def _check_header(self, header: UploadHeader) -> str:
         if not re.fullmatch(UUID, header.request_id or ""):
@@ -345,9 +345,13 @@ class DatasetService:
     def _receive(self, session: UploadRow, committed: list[PartRow],
                  chunks: Iterator[bytes]) -> tuple[Report, list[PartRow], bytes | None]:
         """Feed committed segments (read back from the store, not resent) and then the new bytes through one
-        validator, storing the new bytes segment by segment and committing each full one. Returns the report,
-        the stored segments and, when the whole file is one short segment, its bytes instead (most datasets
-        fit in one segment: they are stored once, at their version key, with nothing staged)."""
+        validator, storing and committing the new bytes segment by segment. Returns the report, the committed
+        segments and the bytes of a last, short segment (None when the file ends on a segment boundary).
+
+        The short last segment is stored only once the upload is known complete and valid (`_store`): a cut
+        stream can look ended, and a short part mid-file would make the session's segments impossible to
+        compose (S3 wants 5 MiB for every part but the last). A file of one segment, as most datasets are,
+        is then stored once, at its version key, with nothing staged."""
         validator = Validator(self.limits, session.format or None)
         quota = self.settings.quota_stored_bytes
         used = self.repo.stored_bytes(session.project) if quota else 0
@@ -370,34 +374,37 @@ class DatasetService:
         # still commits the segments it completed and never leaves a write behind.
         with ThreadPoolExecutor(1, thread_name_prefix="dataset-segment-writer") as writer:
             writing: Future[PartRow] | None = None
+            tail = None
             while incoming.more():
                 pieces = incoming.segment(self.segment_bytes)
                 if writing is not None:
                     staged.append(writing.result())
+                    writing = None
                 size = sum(map(len, pieces))
-                if not staged and writing is None and size < self.segment_bytes:
-                    return validator.finish(), staged, b"".join(pieces)
-                # A short segment ends the stream. It is stored but committed only by the version it
-                # completes: a cut stream can look ended, and a short part mid-file would make the
-                # session's segments impossible to compose (S3 wants 5 MiB for every part but the last).
-                writing = writer.submit(self._stage, session, offset, pieces, size == self.segment_bytes)
+                if size < self.segment_bytes:  # the stream ended
+                    tail = b"".join(pieces)
+                    break
+                writing = writer.submit(self._stage, session, offset, pieces)
                 offset += size
             if writing is not None:
                 staged.append(writing.result())
-        return validator.finish(), staged, None
+        return validator.finish(), staged, tail
 
-    def _stage(self, session: UploadRow, offset: int, pieces: list[bytes], commit: bool) -> PartRow:
-        """Store one segment (its pieces are dropped once joined) and, with `commit`, commit it to the session."""
-        key = self.repo.segment_key(session.project, session.dataset_id, session.upload_id, offset, session.attempt)
+    def _stage(self, session: UploadRow, offset: int, pieces: list[bytes]) -> PartRow:
+        """Store one full segment (its pieces are dropped once joined) and commit it to the session."""
         data = b"".join(pieces)
         pieces.clear()
-        part = PartRow(offset, len(data), key)
-        self.repo.put(key, data)
-        if commit and not self.repo.commit_segment(session, part, _now() + self.ttl):
-            self.repo.remove([key])
+        part = self._put_part(session, offset, data)
+        if not self.repo.commit_segment(session, part, _now() + self.ttl):
+            self.repo.remove([part.object_key])
             raise Aborted(f"upload {session.upload_id} was taken over by another stream (or expired); call "
                           "GetDatasetUpload and resume from its committed_bytes", "UPLOAD_CONFLICT")
         return part
+
+    def _put_part(self, session: UploadRow, offset: int, data: bytes) -> PartRow:
+        key = self.repo.segment_key(session.project, session.dataset_id, session.upload_id, offset, session.attempt)
+        self.repo.put(key, data)
+        return PartRow(offset, len(data), key)
 
     def _check_size(self, session: UploadRow, report: Report, header: UploadHeader) -> None:
         """Against the declared file size: fewer bytes is a stream that ended early (the session stays to
@@ -437,12 +444,12 @@ class DatasetService:
                               error_codes[0].upper() if len(error_codes) == 1 else "DATASET_INVALID", violations,
                               error_count=report.errors, codes=",".join(error_codes))
 
-    def _store(self, session: UploadRow, report: Report, staged: list[PartRow], whole: bytes | None,
+    def _store(self, session: UploadRow, report: Report, staged: list[PartRow], tail: bytes | None,
                header: UploadHeader) -> tuple[VersionRow, bool]:
         project, dataset_id = session.project, session.dataset_id
         version_id = report.sha256[:16]
-        # Only this session's first stream (attempt 1) can have staged nothing; a restart at offset 0 makes
-        # another attempt, and a resumed stream has committed segments.
+        # Nothing is staged under the session's prefix when this stream committed no segment and is its
+        # first (a restart at offset 0 makes another attempt; a resumed stream has committed segments).
         prefix = self.repo.upload_prefix(project, dataset_id, session.upload_id) \
             if staged or session.attempt > 1 else None
         existing = self.repo.get_version(project, dataset_id, version_id)
@@ -457,9 +464,12 @@ class DatasetService:
             self._remove_quietly(prefix)
             return existing, False
         key = self.repo.version_key(project, dataset_id, report.sha256)
-        if whole is not None:
-            self.repo.put(key, whole)
+        if not staged:  # the whole file is one short segment
+            self.repo.put(key, tail or b"")
         else:
+            if tail:
+                end = staged[-1].start_offset + staged[-1].size_bytes
+                staged = [*staged, self._put_part(session, end, tail)]
             self.repo.compose(key, [part.object_key for part in staged])
         row = VersionRow(project, dataset_id, version_id, 0, report.sha256, report.size_bytes, str(report.format),
                          header.description, header.labels, asdict(report.stats), report_record(report), key, _now())
