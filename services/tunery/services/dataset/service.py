@@ -37,6 +37,7 @@ LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_DESCRIPTION = 2000
 MAX_LABELS = 64
+STREAM_SETTLE_S = 0.5  # how long a rejected upload waits to tell a cut stream from a complete one
 MIN_SEGMENT_BYTES = 5 * 1024 * 1024  # S3 multipart copy: every part but the last is at least 5 MiB
 MAX_VIOLATIONS = 100
 # Issue codes that mean a configured limit was exceeded: an upload stops at the first one.
@@ -285,10 +286,11 @@ class DatasetService:
         return session
 
     def upload(self, header: UploadHeader, chunks: Iterator[bytes],
-               check_stream: Callable[[], None]) -> tuple[VersionRow, bool]:
+               check_stream: Callable[[float], None]) -> tuple[VersionRow, bool]:
         """Receive one upload stream: validate + hash + stage as the bytes arrive, then create the version
-        (or return the existing one with the same bytes). `check_stream` raises if the stream was broken
-        rather than complete; it runs once every byte is staged. See the proto for the session rules."""
+        (or return the existing one with the same bytes). `check_stream(settle_s)` raises if the stream was
+        broken rather than complete, waiting up to settle_s for a cancellation to show; it runs once every
+        byte is received. See the proto for the session rules."""
         project, dataset_id = self._dataset_ids(header.dataset, "header.dataset")
         upload_id = self._check_header(header)
         self._dataset(project, dataset_id)
@@ -317,9 +319,16 @@ class DatasetService:
             self.repo.remove_prefix(self.repo.upload_prefix(project, dataset_id, upload_id))
         try:
             report, staged, tail = self._receive(session, committed_parts, chunks)
-            check_stream()
-            self._check_size(session, report, header)
-            self._check_report(report, header)
+            check_stream(0.0)
+            try:
+                self._check_size(session, report, header)
+                self._check_report(report, header)
+            except TuneryError:
+                # gRPC can end a cut stream as if it were complete, the cancellation showing a moment later,
+                # and a cut ending is likelier to be rejected (size, sha256, a half line) than a whole one:
+                # give it that moment before rejecting, so a cut keeps its resumable session.
+                check_stream(STREAM_SETTLE_S)
+                raise
         except LimitExceeded as error:
             self._discard(session)
             raise self.limit_exceeded(error) from None

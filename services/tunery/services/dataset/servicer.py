@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -138,12 +139,16 @@ def _broken() -> Cancelled:
     return Cancelled("the client ended the stream before it was complete; resume it", "STREAM_BROKEN")
 
 
-def _check_stream(context: grpc.ServicerContext) -> None:
+def _check_stream(context: grpc.ServicerContext, settle_s: float = 0.0) -> None:
     """A cancelled call (client gone, server stopping) can look like a stream that simply ended: CANCELLED
-    unless the call is still active. gRPC may report the end of the stream just before the cancellation,
-    so callers check again before acting on a complete stream."""
-    if not context.is_active():
-        raise _broken()
+    unless the call is still active, for up to `settle_s` (gRPC may report the end of the stream just before
+    the cancellation)."""
+    deadline = time.monotonic() + settle_s
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
+    raise _broken()
 
 
 def _chunks(requests: Iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -194,7 +199,7 @@ class DatasetServicer:
             dataset=header.dataset, request_id=header.request_id, offset=header.offset,
             format=_format(header.format, "header.format"), expected_sha256=header.expected_sha256,
             description=header.description, labels=dict(header.labels), size_bytes=header.size_bytes),
-            _chunks(request_iterator, context), lambda: _check_stream(context))
+            _chunks(request_iterator, context), lambda settle_s: _check_stream(context, settle_s))
         return pb.UploadDatasetVersionResponse(dataset_version=version_proto(version, self.bucket), created=created)
 
     def GetDatasetUpload(self, request: pb.GetDatasetUploadRequest, context) -> pb.GetDatasetUploadResponse:
